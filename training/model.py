@@ -1,0 +1,370 @@
+"""BERT for sequence classification, written from scratch.
+
+Module and parameter names mirror Hugging Face's `modeling_bert.py` exactly
+(`bert.encoder.layer.0.attention.self.query.weight`, `...LayerNorm.weight`, `classifier.weight`), so a
+state dict moves between this model and `transformers.BertForSequenceClassification` with no renaming.
+
+Shapes in comments: B batch, T tokens, C hidden size, nh heads, hs head size (C = nh * hs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from training.config import BertConfig, ConfigError
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Heads of pre-training checkpoints (masked LM, next sentence) that a classifier has no use for.
+PRETRAINING_HEAD_PREFIXES = ("cls.predictions.", "cls.seq_relationship.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose weights do not fit the config; the message names the keys at fault."""
+
+
+@dataclasses.dataclass
+class ClassifierOutput:
+    logits: torch.Tensor            # (B, num_labels)
+    loss: torch.Tensor | None = None
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu  # exact (erf) GELU, as in the original BERT
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    return F.relu
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids):
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(positions)  # (T, C) broadcasts over B
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.n_head = config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x, attn_mask):
+        B, T, C = x.shape
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        # attn_mask (B, 1, 1, T): True where the key is a real token
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout_p if self.training else 0.0)
+        return y.transpose(1, 2).reshape(B, T, C)
+
+
+class BertSelfOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, residual):
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x, attn_mask):
+        return self.output(self.self(x, attn_mask), x)
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = _activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, h, residual):
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertLayer(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x, attn_mask):
+        x = self.attention(x, attn_mask)
+        return self.output(self.intermediate(x), x)
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x, attn_mask):
+        for layer in self.layer:
+            x = layer(x, attn_mask)
+        return x
+
+
+class BertPooler(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return torch.tanh(self.dense(x[:, 0]))  # the [CLS] token's state
+
+
+class BertModel(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
+        x = self.encoder(self.embeddings(input_ids, token_type_ids), attn_mask)
+        return x, self.pooler(x)  # (B, T, C), (B, C)
+
+
+class BertForSequenceClassification(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.bert = BertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        k = config.num_tabular_features
+        self.classifier = nn.Linear(config.hidden_size + k, config.num_labels)
+        if k:  # standardisation statistics: config, not weights, so they travel in config.json
+            mean = torch.tensor(config.tabular_mean or [0.0] * k)
+            std = torch.tensor(config.tabular_std or [1.0] * k).clamp_min(1e-6)
+            self.register_buffer("tabular_mean", mean, persistent=False)
+            self.register_buffer("tabular_std", std, persistent=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, features=None, labels=None):
+        _, pooled = self.bert(input_ids, attention_mask, token_type_ids)
+        pooled = self.dropout(pooled)
+        if self.config.num_tabular_features:
+            if features is None:
+                raise ValueError(f"this model needs `features` ({self.config.num_tabular_features} numbers per text)")
+            z = (features.to(pooled.dtype) - self.tabular_mean.to(pooled.dtype)) / self.tabular_std.to(pooled.dtype)
+            pooled = torch.cat([pooled, z], dim=-1)  # (B, C + k)
+        logits = self.classifier(pooled)
+        loss = None if labels is None else self.loss(logits, labels)
+        return ClassifierOutput(logits=logits, loss=loss)
+
+    def loss(self, logits, labels):
+        if self.config.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.cross_entropy(logits, labels)
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, labels: list[str] | None = None,
+                        problem_type: str | None = None, num_labels: int | None = None,
+                        **config_overrides) -> "BertForSequenceClassification":
+        """Load a Hugging Face BERT checkpoint folder (or, when online, a Hub model name).
+
+        `labels`/`num_labels` set a (new) classification head; heads the checkpoint lacks are freshly
+        initialised and listed in one warning. Unexpected or mis-shaped keys are an error.
+        """
+        folder = resolve_checkpoint(path)
+        config = BertConfig.from_json_file(folder / "config.json")
+        if num_labels is not None and labels is None:
+            labels = [f"LABEL_{i}" for i in range(num_labels)]
+        if labels is not None or problem_type is not None:
+            config = config.with_labels(labels or config.labels, problem_type)
+        if config_overrides:
+            config = dataclasses.replace(config, **config_overrides)
+        model = cls(config)
+        model.load_hf_state_dict(read_state_dict(folder), source=str(folder))
+        model.source_folder = folder  # where save_pretrained finds the tokenizer files
+        return model
+
+    def load_hf_state_dict(self, state: dict[str, torch.Tensor], source: str = "state dict") -> list[str]:
+        """Load weights named as in any Hugging Face BERT checkpoint; returns the freshly initialised keys."""
+        own = self.state_dict()
+        state = normalize_keys(state)
+        unexpected = sorted(k for k in state if k not in own)
+        if unexpected:
+            raise CheckpointError(f"{source}: unexpected keys (not part of this BERT): {unexpected[:10]}"
+                                  + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+        misshaped = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                     for k, v in state.items() if v.shape != own[k].shape]
+        if misshaped:
+            raise CheckpointError(f"{source}: weights do not match the config: " + "; ".join(misshaped[:10]))
+        missing = sorted(k for k in own if k not in state)
+        not_heads = [k for k in missing if not k.startswith(("classifier.", "bert.pooler."))]
+        if not_heads:
+            raise CheckpointError(f"{source}: missing weights {not_heads[:10]} (is this a BERT checkpoint?)")
+        self.load_state_dict(state, strict=False)
+        if missing:
+            warnings.warn(f"{source}: freshly initialised (not in the checkpoint): {', '.join(missing)}",
+                          stacklevel=3)
+        return missing
+
+    def save_pretrained(self, out_dir: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
+        """Write config.json, model.safetensors and the tokenizer files, atomically (temp dir + rename)."""
+        from safetensors.torch import save_file
+
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            self.config.to_json_file(tmp / "config.json")
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
+            tok_src = Path(tokenizer_from) if tokenizer_from else getattr(self, "source_folder", None)
+            if tok_src is not None:
+                copy_tokenizer_files(tok_src, tmp, max_length=self.config.max_position_embeddings)
+            (tmp / "labels.txt").write_text("\n".join(self.config.labels) + "\n")
+            replace_dir(tmp, out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise ConfigError(f"{folder}: expected a checkpoint folder (config.json + model.safetensors), got a file")
+    name = str(path)
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or name.count("/") > 1 or name.startswith((".", "/")):
+        raise ConfigError(f"{name}: no such checkpoint folder")
+    try:  # a Hub model name such as "bert-base-uncased", when this machine is online
+        from huggingface_hub import snapshot_download
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+    except Exception as e:  # offline, unknown name, ...
+        raise ConfigError(f"{name}: not a local folder, and the Hugging Face Hub could not provide it ({e})") from None
+
+
+def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
+    st = folder / "model.safetensors"
+    if st.exists():
+        from safetensors.torch import load_file
+        return load_file(st)
+    pt = folder / "pytorch_model.bin"
+    if pt.exists():  # weights_only: a pickle may not run code on load
+        return torch.load(pt, map_location="cpu", weights_only=True)
+    raise CheckpointError(f"{folder}: no model.safetensors or pytorch_model.bin")
+
+
+def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the key spellings of Hugging Face BERT checkpoints onto ours.
+
+    BertModel checkpoints have no `bert.` prefix; old ones say LayerNorm.gamma/beta; pre-training
+    checkpoints carry MLM/NSP heads; some store the position_ids buffer.
+    """
+    out = {}
+    for k, v in state.items():
+        if k.startswith(PRETRAINING_HEAD_PREFIXES) or k.endswith(("position_ids", "token_type_ids")):
+            continue
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        if not k.startswith(("bert.", "classifier.")):
+            k = "bert." + k
+        out[k] = v
+    return out
+
+
+def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike, max_length: int = 512) -> None:
+    src, dst = Path(src), Path(dst)
+    found = [n for n in TOKENIZER_FILES if (src / n).exists()]
+    if "tokenizer.json" not in found and "vocab.txt" not in found:
+        raise CheckpointError(f"{src}: no tokenizer.json or vocab.txt to copy")
+    for name in found:
+        shutil.copy2(src / name, dst / name)
+    # a sane model_max_length so tokenizers never produce more positions than the model has
+    cfg_path = dst / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    if not isinstance(cfg.get("model_max_length"), int) or cfg["model_max_length"] > max_length:
+        cfg["model_max_length"] = max_length
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished temp folder in place of `final`, so readers see the old or the new, never half."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+
+
+def flops_per_token(config: BertConfig) -> float:
+    """Forward multiply-adds x2 per token in the encoder's dense layers (attention scores excluded)."""
+    C, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    return 2.0 * L * (4 * C * C + 2 * C * I)
+
