@@ -1,0 +1,1 @@
+"""Clients of the served ensembles: classify (HTTP/gRPC), benchmark, perf_analyzer and locust runs."""

@@ -1,0 +1,418 @@
+"""Classify texts with a BERT ensemble served by Triton, over HTTP or gRPC.
+
+    from clients.classify import Classifier
+    clf = Classifier("127.0.0.1:8000", protocol="http", model="bert_onnx_fp32")
+    for p in clf.classify(["what a lovely day", "my flight got cancelled again"]):
+        print(p.label, p.probabilities)
+
+Every ensemble in this project takes `text` (BYTES, [1] per text) and returns `logits` and
+`probabilities` ([num_labels] per text) and the predicted `label` name; tabular ensembles also take
+`features` ([k] per text). The client reads what it needs from the server itself:
+  - max_batch_size from the model config: longer lists are split into requests of at most that;
+  - the label names, in index order, from the ensemble's `label_filename` through Triton's
+    classification extension (asking for the top-k of `probabilities` returns "score:index:label"),
+    falling back to a `labels` parameter in the config, then to LABEL_0, LABEL_1, ...
+Connection failures and "unavailable" answers (server starting, a Python stub being restarted) are
+retried with exponential backoff; when the client gives up, the error names the URL, the number
+of attempts and the last error. One Classifier per thread (the HTTP client is not thread-safe).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PROTOCOLS = ("http", "grpc")
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}
+DEFAULT_MODEL = "bert_onnx_fp32"
+ADMIN_HEADER = "triton-admin-key"   # the header the embedded server's restricted APIs expect
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"   # gRPC metadata key = this prefix + the header name
+
+# Errors worth another try: the server is (re)starting, a Python stub is being restarted, a model
+# is being reloaded. Anything else (bad input, unknown model) fails at once.
+_RETRY_STATUS = {"502", "503", "504", "StatusCode.UNAVAILABLE"}
+_RETRY_TEXT = re.compile(r"unavailable|stub process|not healthy|unhealthy|is not ready|not at ready state|"
+                         r"connection (reset|refused|closed)|socket closed|failed to connect", re.I)
+_BATCH_LIMIT = re.compile(r"batch-size must be <= (\d+)")
+
+
+class ClientError(RuntimeError):
+    """Base class: every error this client raises says what went wrong and where."""
+
+
+class ServerUnreachable(ClientError):
+    """No answer from the server after every retry."""
+
+
+class UnknownModel(ClientError):
+    """The server answered but has no such model (the message lists the models it has)."""
+
+
+class InferenceFailed(ClientError):
+    """The server rejected or failed a request (the message carries Triton's own error)."""
+
+
+@dataclass
+class Prediction:
+    label: str                          # the ensemble's `label` output (multi-label: as the server joins them)
+    probabilities: dict[str, float]     # label name -> probability, in the model's label order
+    logits: list[float] = field(repr=False)
+
+    def to_dict(self):
+        return {"label": self.label, "probabilities": self.probabilities, "logits": self.logits}
+
+
+def normalize_url(url: str | None, protocol: str) -> tuple[str, bool]:
+    """'http://host:port' | 'host:port' | None -> ('host:port', ssl) as tritonclient wants it."""
+    if protocol not in PROTOCOLS:
+        raise ClientError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if not url:
+        return f"127.0.0.1:{DEFAULT_PORTS[protocol]}", False
+    ssl = url.startswith("https://")
+    url = re.sub(r"^(https?|grpc)://", "", url).rstrip("/")
+    if ":" not in url.rsplit("]", 1)[-1]:
+        url = f"{url}:{DEFAULT_PORTS[protocol]}"
+    return url, ssl
+
+
+def find_admin_key(explicit: str | None = None) -> str | None:
+    """--admin-key, else $TRITON_ADMIN_KEY, else the embedded server's saved key (.triton/admin_key)."""
+    if explicit:
+        return explicit
+    if os.environ.get("TRITON_ADMIN_KEY"):
+        return os.environ["TRITON_ADMIN_KEY"]
+    try:
+        from server.embedded import admin_key
+        return admin_key(create=False)
+    except Exception:
+        return None
+
+
+def _status(e: Exception) -> str:
+    status = getattr(e, "status", None)
+    return str(status() if callable(status) else status or "")
+
+
+def _message(e: Exception) -> str:
+    msg = getattr(e, "message", None)
+    text = msg() if callable(msg) else None
+    return text or str(e) or type(e).__name__
+
+
+def is_restricted(e: Exception) -> bool:
+    # Triton answers a restricted API without the key with 403 (HTTP) or UNAVAILABLE (gRPC)
+    return "is restricted" in _message(e)
+
+
+def is_connection_error(e: Exception) -> bool:
+    # tritonclient.http raises the socket's own OSError; gRPC wraps it as UNAVAILABLE
+    return isinstance(e, OSError) or (_status(e) == "StatusCode.UNAVAILABLE" and not is_restricted(e))
+
+
+def is_retryable(e: Exception) -> bool:
+    if is_restricted(e):
+        return False
+    return (is_connection_error(e) or _status(e) in _RETRY_STATUS
+            or _status(e) == "StatusCode.DEADLINE_EXCEEDED" or bool(_RETRY_TEXT.search(_message(e))))
+
+
+class Classifier:
+    """A client for one ensemble on one server. Not thread-safe: make one per thread."""
+
+    def __init__(self, url: str | None = None, protocol: str = "http", model: str = DEFAULT_MODEL,
+                 retries: int = 4, timeout: float = 60.0, backoff: float = 0.5, max_backoff: float = 8.0,
+                 admin_key: str | None = None, verbose: bool = False):
+        self.protocol = protocol
+        self.host_port, ssl = normalize_url(url, protocol)
+        self.url = f"{'https' if ssl else 'http' if protocol == 'http' else 'grpc'}://{self.host_port}"
+        self.model = model
+        self.retries, self.timeout = max(0, int(retries)), float(timeout)
+        self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.verbose = verbose
+        self._admin_key = admin_key
+        if protocol == "http":
+            import tritonclient.http as tc
+            self._client = tc.InferenceServerClient(self.host_port, ssl=ssl, connection_timeout=self.timeout,
+                                                    network_timeout=self.timeout)
+        else:
+            import tritonclient.grpc as tc
+            self._client = tc.InferenceServerClient(self.host_port)
+        self._tc = tc
+        self._info = None      # filled on first use: see _load()
+
+    # -- retries ------------------------------------------------------------------------------------
+    def _call(self, what: str, fn, *args, **kwargs):
+        """fn(*args, **kwargs) with exponential backoff on connection errors and transient failures."""
+        start, attempts = time.monotonic(), self.retries + 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn(*args, **kwargs)
+            except self._tc.InferenceServerException as e:
+                err = e
+            except OSError as e:     # refused, reset, timed out (HTTP client)
+                err = e
+            if not is_retryable(err) or attempt == attempts:
+                break
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
+            if self.verbose:
+                print(f"[{self.url}] {what}: {_message(err)}; retry {attempt}/{self.retries} in {delay:.1f} s")
+            time.sleep(delay)
+        spent = time.monotonic() - start
+        detail = f"{type(err).__name__}: {_message(err)}"
+        if is_restricted(err):
+            raise ClientError(f"{what} on {self.url} needs the admin key ({_message(err)}): pass --admin-key "
+                              "or set TRITON_ADMIN_KEY (`python -m server admin-key` prints it)") from err
+        if not is_retryable(err):
+            raise self._explain(what, err) from err
+        if is_connection_error(err):
+            raise ServerUnreachable(
+                f"Triton server at {self.url} is unreachable: gave up on {what} after {attempts} attempts "
+                f"over {spent:.1f} s (last error: {detail}). Is it running? Start it with `make up` "
+                f"(or `python -m server up`) and check the URL/--protocol.") from err
+        raise InferenceFailed(f"{what} on {self.url} still failing after {attempts} attempts over "
+                              f"{spent:.1f} s (last error: {detail})") from err
+
+    def _explain(self, what: str, err: Exception) -> ClientError:
+        msg = _message(err)
+        if "unknown model" in msg.lower() or _status(err) in ("404", "StatusCode.NOT_FOUND"):
+            return UnknownModel(f"model {self.model!r} is not on the server at {self.url}; "
+                                f"{self._models_sentence()}")
+        return InferenceFailed(f"{what} on {self.url} failed: {msg}")
+
+    # -- server information -------------------------------------------------------------------------
+    def admin_headers(self) -> dict:
+        """The key header for restricted APIs; Triton's gRPC side expects it with a fixed prefix."""
+        key = find_admin_key(self._admin_key)
+        if not key:
+            return {}
+        return {(GRPC_HEADER_PREFIX if self.protocol == "grpc" else "") + ADMIN_HEADER: key}
+
+    def repository_index(self) -> list[dict]:
+        """[{name, version, state, reason}] for every model in the server's repository (needs the admin key)."""
+        index = self._call("the repository index", self._client.get_model_repository_index,
+                           headers=self.admin_headers(), **({"as_json": True} if self.protocol == "grpc" else {}))
+        if self.protocol == "grpc":
+            index = index.get("models", [])
+        return list(index)
+
+    def list_models(self, ready_only: bool = True) -> list[str]:
+        return sorted({m["name"] for m in self.repository_index()
+                       if not ready_only or m.get("state", "READY") == "READY"})
+
+    def _models_sentence(self) -> str:
+        try:
+            names = self.list_models()
+        except ClientError as e:
+            return f"could not list the server's models: {e}"
+        ensembles = [n for n in names if n.startswith("bert_") and not n.endswith("_model")]
+        return (f"models there: {', '.join(names) or '(none)'}"
+                + (f" (ensembles to classify with: {', '.join(ensembles)})" if ensembles else ""))
+
+    def model_config(self, model: str | None = None) -> dict:
+        model = model or self.model
+        cfg = self._call(f"the config of {model!r}", self._client.get_model_config, model,
+                         **({"as_json": True} if self.protocol == "grpc" else {}))
+        return cfg.get("config", cfg) if self.protocol == "grpc" else cfg
+
+    def model_metadata(self, model: str | None = None) -> dict:
+        model = model or self.model
+        return self._call(f"the metadata of {model!r}", self._client.get_model_metadata, model,
+                          **({"as_json": True} if self.protocol == "grpc" else {}))
+
+    def _load(self):
+        if self._info is not None:
+            return self._info
+        try:
+            ready = self._call("the readiness check", self._client.is_model_ready, self.model)
+        except UnknownModel:
+            ready = False
+        if not ready:
+            raise UnknownModel(f"model {self.model!r} is not loaded and ready on the server at {self.url}; "
+                               f"{self._models_sentence()}")
+        cfg = self.model_config()
+        inputs = {i["name"]: i for i in cfg.get("input", [])}
+        outputs = {o["name"]: o for o in cfg.get("output", [])}
+        missing = {"logits", "probabilities", "label"} - outputs.keys()
+        if "text" not in inputs or missing:
+            raise ClientError(f"model {self.model!r} on {self.url} does not follow the ensemble contract "
+                              f"(input `text`; outputs logits, probabilities, label): inputs "
+                              f"{sorted(inputs)}, outputs {sorted(outputs)}")
+        num_labels = int(outputs["probabilities"]["dims"][-1])
+        features = int(inputs["features"]["dims"][-1]) if "features" in inputs else 0
+        self._info = {"max_batch_size": int(cfg.get("max_batch_size", 0)) or 1, "num_labels": num_labels,
+                      "features": features, "config": cfg}
+        self._info["labels"] = self._label_names(cfg, outputs, num_labels)
+        return self._info
+
+    def _label_names(self, cfg: dict, outputs: dict, num_labels: int) -> list[str]:
+        """Label names in index order: classification extension > `labels` config parameter > LABEL_i."""
+        if outputs["probabilities"].get("label_filename"):
+            names = self._labels_from_classification(num_labels)
+            if names:
+                return names
+        param = cfg.get("parameters", {}).get("labels", {}).get("string_value")
+        if param:
+            names = json.loads(param) if param.lstrip().startswith("[") else param.split(",")
+            if len(names) == num_labels:
+                return [str(n).strip() for n in names]
+        return [f"LABEL_{i}" for i in range(num_labels)]
+
+    def _labels_from_classification(self, num_labels: int) -> list[str] | None:
+        # top-k with k = num_labels over one probe text returns every "score:index:label"
+        outputs = [self._tc.InferRequestedOutput("probabilities", class_count=num_labels)]
+        result = self._call("the label probe", self._client.infer, self.model,
+                            self._inputs(["label probe"], None), outputs=outputs)
+        names = {}
+        for entry in result.as_numpy("probabilities").reshape(-1):
+            entry = entry.decode() if isinstance(entry, bytes) else str(entry)
+            _, index, name = entry.split(":", 2)
+            names[int(index)] = name
+        return [names[i] for i in range(num_labels)] if sorted(names) == list(range(num_labels)) else None
+
+    @property
+    def labels(self) -> list[str]:
+        return self._load()["labels"]
+
+    @property
+    def max_batch_size(self) -> int:
+        return self._load()["max_batch_size"]
+
+    # -- inference ----------------------------------------------------------------------------------
+    def _inputs(self, texts, features):
+        text = self._tc.InferInput("text", [len(texts), 1], "BYTES")
+        text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_))
+        inputs = [text]
+        if features is not None:
+            f = self._tc.InferInput("features", list(features.shape), "FP32")
+            f.set_data_from_numpy(features)
+            inputs.append(f)
+        return inputs
+
+    def _check(self, texts, features):
+        if isinstance(texts, str):
+            raise ClientError("texts must be a list of strings, not one string (wrap it: [text])")
+        bad = [i for i, t in enumerate(texts) if not isinstance(t, str)]
+        if bad:
+            raise ClientError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+        k = self._load()["features"]
+        if k and features is None:
+            raise ClientError(f"model {self.model!r} is tabular: pass features=(n_texts, {k}) floats")
+        if not k and features is not None:
+            raise ClientError(f"model {self.model!r} takes no features (it is not a tabular model)")
+        if features is not None:
+            features = np.asarray(features, dtype=np.float32)
+            if features.shape != (len(texts), k):
+                raise ClientError(f"features must have shape ({len(texts)}, {k}), got {features.shape}")
+        return features
+
+    def infer(self, texts: list[str], features=None):
+        """One request for at most max_batch_size texts -> (logits (n, L), probabilities (n, L), labels [n])."""
+        features = self._check(texts, features)
+        result = self._call(f"inference on {self.model!r}", self._client.infer, self.model,
+                            self._inputs(texts, features),
+                            outputs=[self._tc.InferRequestedOutput(n) for n in ("logits", "probabilities", "label")],
+                            **({"client_timeout": self.timeout} if self.protocol == "grpc" else {}))
+        labels = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
+                  for x in result.as_numpy("label").reshape(-1)]
+        return result.as_numpy("logits"), result.as_numpy("probabilities"), labels
+
+    def classify(self, texts: list[str], features=None) -> list[Prediction]:
+        """Texts (any number) -> one Prediction each, sent in requests of at most max_batch_size texts."""
+        features = self._check(texts, features)
+        names, out, i = self.labels, [], 0
+        while i < len(texts):
+            n = self._info["max_batch_size"]
+            try:
+                logits, probs, labels = self.infer(texts[i:i + n], None if features is None else features[i:i + n])
+            except InferenceFailed as e:
+                # a server whose limit is below the config's (e.g. a reloaded model): obey it and go on
+                limit = _BATCH_LIMIT.search(str(e))
+                if limit and int(limit.group(1)) < n:
+                    self._info["max_batch_size"] = int(limit.group(1))
+                    continue
+                raise
+            for lg, pr, lb in zip(logits, probs, labels):
+                out.append(Prediction(lb, {name: float(p) for name, p in zip(names, pr)}, [float(x) for x in lg]))
+            i += n
+        return out
+
+    def close(self):
+        try:
+            self._client.close()
+        except Exception:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# command line: python -m clients classify [--url URL] [--protocol http|grpc] [--model M] TEXT... | --file F | -
+
+def add_arguments(p):
+    p.add_argument("texts", nargs="*", help="texts to classify; '-' reads one text per line from stdin")
+    p.add_argument("--file", help="a text file, one text per line (blank lines skipped, and counted)")
+    p.add_argument("--url", help="server address (default 127.0.0.1:8000 for http, :8001 for grpc)")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="http")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default {DEFAULT_MODEL})")
+    p.add_argument("--retries", type=int, default=4, help="retries on connection errors (default 4)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    p.add_argument("--admin-key", help="key for the restricted APIs (default $TRITON_ADMIN_KEY or .triton/admin_key)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("-v", "--verbose", action="store_true", help="say when retrying")
+
+
+def read_texts(args, stdin=None) -> list[str]:
+    import sys
+    stdin = stdin or sys.stdin
+    if args.file and args.texts:
+        raise ClientError("give texts as arguments or --file, not both")
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            raise ClientError(f"cannot read --file {args.file}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ClientError(f"--file {args.file} is not UTF-8 text (byte {e.start})") from None
+    elif args.texts == ["-"]:
+        lines = stdin.read().splitlines()
+    else:
+        lines = list(args.texts)
+    texts = [t for t in lines if t.strip()]
+    if len(texts) < len(lines):
+        print(f"note: skipped {len(lines) - len(texts)} blank line(s)", file=sys.stderr)
+    if not texts:
+        raise ClientError("no texts to classify: pass them as arguments, --file FILE, or '-' for stdin")
+    return texts
+
+
+def format_table(texts, predictions, labels) -> str:
+    width = min(60, max(len(t) for t in texts))
+    head = f"{'text':<{width}}  {'label':<12}" + "".join(f"  {n[:12]:>12}" for n in labels)
+    rows = [head, "-" * len(head)]
+    for t, p in zip(texts, predictions):
+        t = t.replace("\n", " ")
+        t = t if len(t) <= width else t[:width - 3] + "..."
+        rows.append(f"{t:<{width}}  {p.label:<12}" + "".join(f"  {p.probabilities[n]:>12.4f}" for n in labels))
+    return "\n".join(rows)
+
+
+def main(args) -> int:
+    texts = read_texts(args)
+    with Classifier(args.url, args.protocol, args.model, retries=args.retries, timeout=args.timeout,
+                    admin_key=args.admin_key, verbose=args.verbose) as clf:
+        predictions = clf.classify(texts)
+        if args.json:
+            for t, p in zip(texts, predictions):
+                print(json.dumps({"text": t, **p.to_dict()}, ensure_ascii=False))
+        else:
+            print(format_table(texts, predictions, clf.labels))
+    return 0
