@@ -1,0 +1,180 @@
+"""python -m server install | serve | up | down | status | admin-key
+
+    install     copy Triton out of the nvidia-pytriton wheel into .triton/, perf_analyzer into .tools/
+    serve       run Triton in the foreground until Ctrl-C / SIGTERM
+    up          start Triton in the background; returns once it is ready (or fails with its log tail)
+    down        stop the background server and wait until its ports are free
+    status      pid, ports, readiness and models of the background server (exit 0 ready, 1 not, 3 none)
+    admin-key   print the key for the restricted APIs (header `triton-admin-key`)
+
+Ports and paths come from flags, else TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT /
+TRITON_HOST / TRITON_MODEL_REPOSITORY / TRITON_MODEL_CONTROL_MODE / TRITON_STATE_DIR, else defaults
+(127.0.0.1, 8000/8001/8002, model_repository/, .triton/).
+"""
+
+import argparse
+import json
+import signal
+import sys
+import urllib.request
+
+from server import install
+from server.embedded import (ADMIN_HEADER, CONTROL_MODES, ServerError, ServerSettings, TritonServer,
+                             admin_key, log_tail, read_pidfile)
+
+
+def _settings(args):
+    return ServerSettings.from_env(
+        model_repository=args.model_repository, host=args.host, http_port=args.http_port,
+        grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode, load_models=args.load_model or None,
+        repository_poll_secs=args.repository_poll_secs, exit_timeout_secs=args.exit_timeout_secs,
+        log_verbose=args.log_verbose, state_dir=args.state_dir)
+
+
+def _print_endpoints(server):
+    print(f"Triton ready (pid {server.pid}): http {server.http_url}  grpc {server.grpc_url}  "
+          f"metrics {server.metrics_url}\n  log {server.log_path}")
+
+
+def cmd_install(args):
+    install.install(force=args.force, perf_analyzer=not args.no_perf_analyzer)
+    return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def cmd_serve(args):
+    install.install_triton()
+    server = TritonServer(_settings(args))
+    # SIGTERM (e.g. from `make` or a container runtime) takes the same clean path as Ctrl-C
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.start()
+        server.wait_ready(args.timeout)
+        _print_endpoints(server)
+        print("Ctrl-C to stop", flush=True)
+        code = server.wait()
+        print(f"tritonserver exited with code {code}; log tail:\n{log_tail(server.log_path)}",
+              file=sys.stderr)
+        server.stop()
+        return code or 1
+    except KeyboardInterrupt:
+        print("stopping Triton ...", flush=True)
+        server.stop()
+        return 0
+    except BaseException:
+        server.stop()
+        raise
+
+
+def cmd_up(args):
+    install.install_triton()
+    settings = _settings(args)
+    running = TritonServer.from_pidfile(settings.state_dir)
+    if running is not None:
+        if running.ready():
+            print("already up")
+            _print_endpoints(running)
+            return 0
+        raise ServerError(f"a server from {settings.state_dir} is running (pid {running.pid}) but is not "
+                          f"ready; see {running.log_path} or `python -m server down`")
+    server = TritonServer(settings).start()
+    try:
+        server.wait_ready(args.timeout)
+    except BaseException:
+        server.stop()
+        raise
+    _print_endpoints(server)
+    return 0
+
+
+def cmd_down(args):
+    settings = ServerSettings.from_env(state_dir=args.state_dir)
+    server = TritonServer.from_pidfile(settings.state_dir)
+    if server is None:
+        print(f"no server running from {settings.state_dir}")
+        return 0
+    server.stop()
+    print(f"stopped Triton (pid {server.pid}); ports {server.settings.http_port}/"
+          f"{server.settings.grpc_port}/{server.settings.metrics_port} are free")
+    return 0
+
+
+def cmd_status(args):
+    settings = ServerSettings.from_env(state_dir=args.state_dir)
+    info = read_pidfile(settings.state_dir)
+    if info is None:
+        print(f"no server running from {settings.state_dir}")
+        return 3
+    server = TritonServer.from_pidfile(settings.state_dir)
+    ready = server.ready()
+    print(f"pid {info['pid']}  started {info['started']}  {'READY' if ready else 'NOT READY'}\n"
+          f"  http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}\n"
+          f"  repository {info['model_repository']}\n  log {info['log']}")
+    if ready:
+        req = urllib.request.Request(f"http://{server.http_url}/v2/repository/index", data=b"{}",
+                                     method="POST", headers=server.admin_headers())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            for m in json.load(r):
+                print(f"  model {m['name']:<28} {m.get('version', '-'):>3}  {m.get('state', '')}"
+                      f"  {m.get('reason', '')}")
+    return 0 if ready else 1
+
+
+def cmd_admin_key(args):
+    settings = ServerSettings.from_env(state_dir=args.state_dir)
+    print(admin_key(settings.state_dir))
+    return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--state-dir", help="folder for pidfile, logs and admin key (default .triton)")
+
+    sp = sub.add_parser("install", help="install tritonserver and perf_analyzer into the repository")
+    sp.add_argument("--force", action="store_true", help="reinstall even if present")
+    sp.add_argument("--no-perf-analyzer", action="store_true", help="only the server (no download)")
+    sp.set_defaults(fn=cmd_install)
+
+    for name, fn, help_ in (("serve", cmd_serve, "run in the foreground"),
+                            ("up", cmd_up, "start in the background and wait until ready")):
+        sp = sub.add_parser(name, help=help_)
+        common(sp)
+        sp.add_argument("--model-repository", help="default $TRITON_MODEL_REPOSITORY or model_repository/")
+        sp.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
+        sp.add_argument("--http-port", type=int)
+        sp.add_argument("--grpc-port", type=int)
+        sp.add_argument("--metrics-port", type=int)
+        sp.add_argument("--model-control-mode", choices=CONTROL_MODES)
+        sp.add_argument("--load-model", action="append", metavar="NAME",
+                        help="explicit mode: load at start (repeatable, '*' for all)")
+        sp.add_argument("--repository-poll-secs", type=int)
+        sp.add_argument("--exit-timeout-secs", type=int)
+        sp.add_argument("--log-verbose", type=int)
+        sp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
+        sp.set_defaults(fn=fn)
+
+    for name, fn, help_ in (("down", cmd_down, "stop the background server"),
+                            ("status", cmd_status, "show the background server"),
+                            ("admin-key", cmd_admin_key, f"print the {ADMIN_HEADER} value")):
+        sp = sub.add_parser(name, help=help_)
+        common(sp)
+        sp.set_defaults(fn=fn)
+
+    args = p.parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ServerError, install.InstallError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
