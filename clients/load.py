@@ -1,0 +1,210 @@
+"""A bounded headless locust run against one ensemble's HTTP endpoint, with the server's memory.
+
+    python -m clients load [--run artifacts/demo] [--url http://127.0.0.1:8000] [--model bert_onnx_fp32]
+                           [--users 8] [--spawn-rate 4] [--duration 30s] [--out reports/load]
+
+Wraps `locust -f clients/locustfile.py --headless -u USERS -r RATE -t DURATION --host URL --csv ...`
+with real held-out texts (written to <out>/texts.json for the users), then reads locust's CSV stats
+and reports requests, failures, p50/p95/p99 and the resident memory (RSS) of the tritonserver
+process and its Python-backend stubs before and after. Files: <out>/<model>_stats.csv (and locust's
+other CSVs), <out>/summary.json, <out>/summary.md. Exits 1 if any request failed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from clients.benchmark import _atomic_write
+from clients.classify import Classifier, ClientError, normalize_url
+from clients.texts import add_text_arguments, texts_from_args
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def parse_duration(text: str) -> float:
+    """'30s', '2m', '1m30s', '45' -> seconds."""
+    m = re.fullmatch(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s?)?", text.strip())
+    if not m or not any(m.groups()):
+        raise ClientError(f"--duration {text!r}: expected e.g. 30s, 2m, 1m30s")
+    h, mi, s = (int(g or 0) for g in m.groups())
+    return 3600 * h + 60 * mi + s
+
+
+def server_processes(port: int):
+    """The tritonserver listening on `port` and its children (the Python-backend stubs), via psutil."""
+    import psutil
+    pid = None
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                pid = c.pid
+                break
+    except psutil.AccessDenied:
+        pass
+    if pid is None:   # not allowed to see sockets: a tritonserver whose command line names the port
+        for p in psutil.process_iter(["name", "cmdline"]):
+            cmd = " ".join(p.info["cmdline"] or [])
+            if "tritonserver" in (p.info["name"] or "") and re.search(rf"--http-port[= ]{port}\b", cmd):
+                pid = p.pid
+                break
+    if pid is None:
+        return None, []
+    server = psutil.Process(pid)
+    return server, server.children(recursive=True)
+
+
+def server_memory(port: int) -> dict | None:
+    """RSS in MiB of tritonserver + its stubs, or None when the server is not a local process."""
+    import psutil
+    server, children = server_processes(port)
+    if server is None:
+        return None
+    try:
+        main = server.memory_info().rss
+        stubs = {p.pid: p.memory_info().rss for p in children if p.is_running()}
+    except psutil.NoSuchProcess:
+        return None
+    mib = 1024 * 1024
+    return {"pid": server.pid, "tritonserver_mib": main / mib, "stubs": len(stubs),
+            "stubs_mib": sum(stubs.values()) / mib, "total_mib": (main + sum(stubs.values())) / mib}
+
+
+def read_stats(path: Path) -> dict:
+    """The 'Aggregated' row of locust's <prefix>_stats.csv."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    agg = next((r for r in rows if r.get("Name") == "Aggregated"), None)
+    if agg is None:
+        raise ClientError(f"{path}: no Aggregated row (did locust send any request?)")
+
+    def num(key):
+        v = agg.get(key, "")
+        return float(v) if v not in ("", "N/A") else None
+    return {"requests": int(num("Request Count") or 0), "failures": int(num("Failure Count") or 0),
+            "requests_per_s": num("Requests/s"), "mean_ms": num("Average Response Time"),
+            "p50_ms": num("50%"), "p95_ms": num("95%"), "p99_ms": num("99%"), "max_ms": num("Max Response Time")}
+
+
+def locust_command(host, users, spawn_rate, duration, csv_prefix):
+    exe = Path(sys.executable).with_name("locust")
+    base = [str(exe)] if exe.exists() else [sys.executable, "-m", "locust"]
+    return base + ["-f", str(LOCUSTFILE), "--headless", "-u", str(users), "-r", str(spawn_rate), "-t", duration,
+                   "--host", host, "--csv", str(csv_prefix), "--only-summary", "--stop-timeout", "10",
+                   "--loglevel", "WARNING"]
+
+
+def load(args, log=print) -> dict:
+    host_port, ssl = normalize_url(args.url, "http")
+    host = f"{'https' if ssl else 'http'}://{host_port}"
+    port = int(host_port.rsplit(":", 1)[1])
+    if args.users < 1 or args.spawn_rate <= 0:
+        raise ClientError("--users and --spawn-rate must be positive")
+    seconds = parse_duration(args.duration)
+    # fail early and clearly: server down, unknown model
+    with Classifier(host, "http", model=args.model, retries=args.retries, admin_key=args.admin_key) as clf:
+        clf.classify(["warm-up text"])
+    held = texts_from_args(args).take(args.limit)
+    out = Path(args.out)
+    texts_path = out / "texts.json"
+    _atomic_write(texts_path, lambda tmp: tmp.write_text(json.dumps(held.texts, ensure_ascii=False)))
+
+    before = server_memory(port)
+    log(f"locust: {args.users} users (spawn {args.spawn_rate}/s) for {args.duration} on {host}/v2/models/"
+        f"{args.model}/infer, {len(held.texts)} texts from {held.source}")
+    env = dict(os.environ, LOAD_TEXTS=str(texts_path.resolve()), LOAD_MODEL=args.model, LOAD_WAIT=str(args.wait))
+    with tempfile.TemporaryDirectory(prefix=".locust-", dir=out) as tmp:
+        prefix = Path(tmp) / args.model
+        cmd = locust_command(host, args.users, args.spawn_rate, args.duration, prefix)
+        t = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120)
+        except subprocess.TimeoutExpired:
+            raise ClientError(f"locust did not finish within {seconds + 120:.0f} s") from None
+        elapsed = time.monotonic() - t
+        stats_file = Path(f"{prefix}_stats.csv")
+        if not stats_file.is_file():
+            raise ClientError(f"locust wrote no stats (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}")
+        stats = read_stats(stats_file)
+        for f in Path(tmp).glob(f"{args.model}_*.csv"):      # locust's CSVs, moved in whole
+            os.replace(f, out / f.name)
+    after = server_memory(port)
+    doc = {"url": host, "model": args.model, "users": args.users, "spawn_rate": args.spawn_rate,
+           "duration": args.duration, "wait_s": args.wait, "elapsed_s": round(elapsed, 1), "texts": len(held.texts),
+           "text_source": held.source, **stats, "locust_exit_code": proc.returncode,
+           "memory_before": before, "memory_after": after,
+           "memory_growth_mib": None if not (before and after) else after["total_mib"] - before["total_mib"],
+           "command": " ".join(cmd[cmd.index("-f"):]).replace(str(Path(tmp)), str(out))}
+    failures = Path(out / f"{args.model}_failures.csv")
+    doc["failure_kinds"] = []
+    if failures.is_file():
+        with open(failures, newline="") as f:
+            doc["failure_kinds"] = [{"error": r.get("Error"), "occurrences": r.get("Occurrences")}
+                                    for r in csv.DictReader(f)]
+    if proc.returncode != 0 and not stats["failures"]:
+        doc["locust_output"] = (proc.stdout + proc.stderr)[-2000:]
+    _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
+    _atomic_write(out / "summary.md", lambda tmp: tmp.write_text(render(doc)))
+    return doc
+
+
+def _mem(m):
+    if not m:
+        return "n/a (server not a local process)"
+    return (f"{m['total_mib']:.0f} MiB (tritonserver {m['tritonserver_mib']:.0f} + {m['stubs']} stubs "
+            f"{m['stubs_mib']:.0f})")
+
+
+def render(doc) -> str:
+    ms = lambda x: "n/a" if x is None else f"{x:.0f} ms"
+    growth = doc["memory_growth_mib"]
+    lines = [f"# Load test: locust against {doc['model']}", "",
+             f"{doc['users']} users (spawn rate {doc['spawn_rate']}/s, wait {doc['wait_s']} s between a user's "
+             f"requests) for {doc['duration']} on {doc['url']}/v2/models/{doc['model']}/infer, one real text "
+             f"per request ({doc['texts']} texts from {doc['text_source']}).", "",
+             f"- requests: {doc['requests']}, failures: **{doc['failures']}**, "
+             f"{doc['requests_per_s'] or 0:.1f} requests/s",
+             f"- latency p50 {ms(doc['p50_ms'])}, p95 {ms(doc['p95_ms'])}, p99 **{ms(doc['p99_ms'])}**, "
+             f"max {ms(doc['max_ms'])}",
+             f"- server memory (RSS) before: {_mem(doc['memory_before'])}",
+             f"- server memory (RSS) after: {_mem(doc['memory_after'])}"
+             + ("" if growth is None else f" ({growth:+.0f} MiB)"),
+             f"- command: `locust {doc['command']}`"]
+    for f in doc.get("failure_kinds", []):
+        lines.append(f"- failure: {f['error']} x{f['occurrences']}")
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(p):
+    p.add_argument("--url", help="server HTTP address (default http://127.0.0.1:8000)")
+    p.add_argument("--model", default="bert_onnx_fp32", help="ensemble to load (default bert_onnx_fp32)")
+    p.add_argument("--users", type=int, default=8, help="concurrent users (default 8)")
+    p.add_argument("--spawn-rate", type=float, default=4, help="users started per second (default 4)")
+    p.add_argument("--duration", default="30s", help="run time, e.g. 30s, 2m (default 30s)")
+    p.add_argument("--wait", type=float, default=0.0, help="seconds each user waits between requests (default 0)")
+    p.add_argument("--limit", type=int, default=1000, help="texts to draw from (default 1000)")
+    p.add_argument("--retries", type=int, default=4)
+    p.add_argument("--admin-key", help="key for listing models in errors (default $TRITON_ADMIN_KEY)")
+    p.add_argument("--out", default="reports/load", help="output folder (default reports/load)")
+    add_text_arguments(p)
+
+
+def main(args) -> int:
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    doc = load(args)
+    print(render(doc))
+    print(f"wrote {args.out}/summary.md, summary.json, {args.model}_stats.csv")
+    if doc["failures"] or doc["requests"] == 0:
+        print(f"error: {doc['failures']} of {doc['requests']} requests failed", file=sys.stderr)
+        return 1
+    if doc["locust_exit_code"] != 0:
+        print(f"error: locust exited with {doc['locust_exit_code']}:\n{doc.get('locust_output', '')}", file=sys.stderr)
+        return 1
+    return 0
