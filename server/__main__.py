@@ -56,11 +56,14 @@ def cmd_serve(args):
         server.wait_ready(args.timeout)
         _print_endpoints(server)
         print("Ctrl-C to stop", flush=True)
-        code = server.wait()
-        print(f"tritonserver exited with code {code}; log tail:\n{log_tail(server.log_path)}",
-              file=sys.stderr)
+        code = server.wait()          # returns when someone else stops it (`python -m server down`)
         server.stop()
-        return code or 1
+        if code != 0:
+            print(f"tritonserver exited with code {code}; log tail:\n{log_tail(server.log_path)}",
+                  file=sys.stderr)
+            return 1
+        print("tritonserver stopped")
+        return 0
     except KeyboardInterrupt:
         print("stopping Triton ...", flush=True)
         server.stop()

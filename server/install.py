@@ -265,13 +265,27 @@ def install_libb64(force=False, log=print):
         return
     TOOLS_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="libb64.tmp-", dir=TOOLS_DIR) as tmp:
-        deb = _apt_download("libb64-0d", tmp, log)
         tree = Path(tmp) / "tree"
-        subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True)
+        try:
+            deb = _apt_download("libb64-0d", tmp, log)
+            subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True)
+            source = deb.name
+        except (InstallError, subprocess.CalledProcessError, FileNotFoundError) as e:
+            # offline or not Debian: the pytriton wheel bundles the same library under an
+            # auditwheel-mangled name; the loader finds it by file name, so a renamed copy serves
+            bundled = sorted(pytriton_libs_dir().glob("libb64-*.so.0d"))
+            if not bundled:
+                raise InstallError(f"libb64.so.0d (for perf_analyzer) not found: {e}") from e
+            log(f"libb64: no Debian package ({str(e).splitlines()[0][:120]}); "
+                f"using the copy bundled in nvidia-pytriton")
+            dest = tree / "usr" / "lib" / "x86_64-linux-gnu"
+            dest.mkdir(parents=True)
+            shutil.copy2(bundled[0], dest / "libb64.so.0d")
+            source = bundled[0].name
         _replace_dir(tree, LIBB64_DIR)
     if libb64_dir() is None:
-        raise InstallError(f"{deb.name} did not contain usr/lib/*/libb64.so.0d")
-    log(f"libb64: extracted {deb.name} into {LIBB64_DIR}")
+        raise InstallError(f"{source} did not provide usr/lib/*/libb64.so.0d")
+    log(f"libb64: {source} -> {LIBB64_DIR}")
 
 
 def install_perf_analyzer(force=False, log=print):

@@ -121,6 +121,17 @@ def test_admin_key_file_is_private(server):
     assert key_file.read_text().strip() not in server.log_path.read_text()   # never logged
 
 
+def test_perf_analyzer_measures_the_ensemble_without_the_key(server):
+    # perf_analyzer reads model config, metadata and statistics: all must stay open for it
+    install.install_perf_analyzer(log=lambda *_: None)      # idempotent; `make setup` did it already
+    out = subprocess.run([str(install.perf_analyzer_path()), "-m", "upper_ensemble", "-u", server.grpc_url,
+                          "-i", "grpc", "-b", "2", "--concurrency-range", "2", "--measurement-interval", "300",
+                          "--max-trials", "3", "--stability-percentage", "100"],
+                         env=install.perf_analyzer_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Throughput:" in out.stdout and "Composing models" in out.stdout
+
+
 def test_second_server_on_same_port_fails_naming_the_port(server, tiny_repo, tmp_path):
     settings = settings_on_free_ports(tiny_repo, tmp_path / "state2")
     settings.http_port = server.settings.http_port      # clash on HTTP only
@@ -190,7 +201,7 @@ def test_cli_up_on_taken_port_exits_nonzero_naming_it(server, tiny_repo, tmp_pat
 
 
 def test_stop_frees_ports(tiny_repo, tmp_path):
-    with running_server(tiny_repo, tmp_path / "state") as s:
+    with running_server(tiny_repo, tmp_path / "state", exit_timeout_secs=1) as s:
         ports = (s.settings.http_port, s.settings.grpc_port, s.settings.metrics_port)
         assert all(port_in_use("127.0.0.1", p) for p in ports)
         # an open keep-alive connection must not keep the ports busy after stop()
