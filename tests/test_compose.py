@@ -110,6 +110,11 @@ def test_locust_run_is_headless_and_bounded(compose):
     assert "--headless" in cmd and "http://triton:8000" in cmd
     assert "--run-time" in cmd and "--users" in cmd
     assert "clients/locustfile.py" in cmd
+    # the settings it passes are the ones the locustfile reads
+    locustfile = (ROOT / "clients/locustfile.py").read_text()
+    for name in compose["services"]["locust"]["environment"]:
+        if name.startswith("LOAD_"):
+            assert f'"{name}"' in locustfile, f"clients/locustfile.py does not read {name}"
 
 
 def test_admin_key_secret_is_the_file_the_embedded_server_writes(compose):
