@@ -52,6 +52,19 @@ def _post(url, headers=None):
         return e.code, e.read().decode()
 
 
+def test_install_is_idempotent_and_matches_this_python():
+    install.install_triton(log=lambda *_: None)
+    exe = install.tritonserver_path()
+    before = exe.stat().st_ino
+    messages = []
+    install.install_triton(log=messages.append)
+    assert exe.stat().st_ino == before and "already installed" in messages[0]   # nothing recopied
+    stub = install.TRITON_HOME / "backends/python/triton_python_backend_stub"
+    wheel_stub = install.pytriton_dir() / "tritonserver/python_backend_stubs" / install.stub_version()
+    assert stub.read_bytes() == (wheel_stub / "triton_python_backend_stub").read_bytes()
+    assert not list(install.TRITON_HOME.parent.glob("tritonserver.tmp-*"))     # no leftovers
+
+
 def test_ready_and_bound_to_loopback_only(server):
     with httpclient.InferenceServerClient(server.http_url) as client:
         assert client.is_server_ready()
