@@ -173,8 +173,13 @@ class Classifier:
                 f"Triton server at {self.url} is unreachable: gave up on {what} after {attempts} attempts "
                 f"over {spent:.1f} s (last error: {detail}). Is it running? Start it with `make up` "
                 f"(or `python -m server up`) and check the URL/--protocol.") from err
+        hint = ""
+        if re.search(r"stub process", _message(err), re.I):
+            hint = (" A Python-backend stub died and Triton does not restart it by itself: reload the model "
+                    "(POST /v2/repository/models/<name>/load with the admin key, server in explicit model-control "
+                    "mode) or restart the server (make down && make up).")
         raise InferenceFailed(f"{what} on {self.url} still failing after {attempts} attempts over "
-                              f"{spent:.1f} s (last error: {detail})") from err
+                              f"{spent:.1f} s (last error: {detail}).{hint}") from err
 
     def _explain(self, what: str, err: Exception) -> ClientError:
         msg = _message(err)
@@ -264,7 +269,7 @@ class Classifier:
     def _labels_from_classification(self, num_labels: int) -> list[str] | None:
         # top-k with k = num_labels over one probe text returns every "score:index:label"
         outputs = [self._tc.InferRequestedOutput("probabilities", class_count=num_labels)]
-        result = self._call("the label probe", self._client.infer, self.model,
+        result = self._call(f"inference on {self.model!r} (label lookup)", self._client.infer, self.model,
                             self._inputs(["label probe"], None), outputs=outputs)
         names = {}
         for entry in result.as_numpy("probabilities").reshape(-1):
