@@ -1,0 +1,97 @@
+"""One batch from all the requests of one execute() call, and the responses back.
+
+Copied next to model.py of every Python-backend classifier (ONNX Runtime and PyTorch). Triton's
+dynamic batcher hands execute() several requests; running them as one batch is the point of
+batching. They normally share one sequence length (the tokenizer pads each of its executions to
+one length), but a client may call a classifier directly, so each request is padded to the
+longest with attention_mask 0, which the model ignores.
+
+A request that is malformed (inputs of different shapes, a wrong feature count) gets its own
+error response; the others still run.
+"""
+import numpy as np
+
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def _check(arrays, num_features):
+    shape = arrays["input_ids"].shape
+    if len(shape) != 2:
+        raise BadRequest(f"input_ids must be (batch, tokens), got shape {shape}")
+    for name in TEXT_INPUTS[1:]:
+        if arrays[name].shape != shape:
+            raise BadRequest(f"{name} has shape {arrays[name].shape} but input_ids has {shape}")
+    if num_features:
+        f = arrays.get("features")
+        if f is None or f.shape != (shape[0], num_features):
+            raise BadRequest(f"features must be ({shape[0]}, {num_features}), "
+                             f"got {None if f is None else f.shape}")
+
+
+def gather(requests, read_input, num_features=0, pad_token_id=0):
+    """-> (batch dict of arrays or None, rows per request, errors per request (None = fine)).
+
+    read_input(request, name) returns that input as a numpy array (or None when absent).
+    """
+    per_request, errors = [], []
+    names = TEXT_INPUTS + (("features",) if num_features else ())
+    for i, request in enumerate(requests):
+        try:
+            arrays = {}
+            for name in names:
+                a = read_input(request, name)
+                if a is None:
+                    raise BadRequest(f"input '{name}' is missing")
+                arrays[name] = a
+            _check(arrays, num_features)
+            per_request.append(arrays)
+            errors.append(None)
+        except BadRequest as e:
+            per_request.append(None)
+            errors.append(f"request {i} of this batch: {e}")
+
+    good = [a for a in per_request if a is not None]
+    rows = [0 if a is None else a["input_ids"].shape[0] for a in per_request]
+    if not good:
+        return None, rows, errors
+    T = max(a["input_ids"].shape[1] for a in good)
+    pad_values = {"input_ids": pad_token_id, "attention_mask": 0, "token_type_ids": 0}
+    batch = {}
+    for name in TEXT_INPUTS:
+        batch[name] = np.concatenate([
+            np.pad(a[name].astype(np.int64, copy=False), ((0, 0), (0, T - a[name].shape[1])),
+                   constant_values=pad_values[name]) for a in good])
+    if num_features:
+        batch["features"] = np.concatenate([a["features"].astype(np.float32, copy=False) for a in good])
+    return batch, rows, errors
+
+
+def split(outputs, rows, errors):
+    """Cut batch outputs (dict name -> (N, ...) array) back into one dict per request.
+
+    Returns a list aligned with the requests: a dict of arrays, or the error message string.
+    """
+    result, start = [], 0
+    for n, err in zip(rows, errors):
+        if err is not None:
+            result.append(err)
+            continue
+        result.append({name: a[start:start + n] for name, a in outputs.items()})
+        start += n
+    return result
+
+
+def respond(pb_utils, outputs, rows, errors):
+    """InferenceResponses aligned with the requests (pb_utils passed in: importable only in Triton)."""
+    responses = []
+    for part in split(outputs, rows, errors):
+        if isinstance(part, str):
+            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(part)))
+        else:
+            responses.append(pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor(name, a) for name, a in part.items()]))
+    return responses

@@ -1,0 +1,63 @@
+"""Triton Python-backend model: our from-scratch PyTorch BERT classifier on the CPU.
+
+Version folder: model.py (this file), batching.py, checkpoint/ (config.json + model.safetensors,
+written by the build with our own save_pretrained) and training/ (a snapshot of the project's
+training/config.py and training/model.py taken at build time). The snapshot makes the
+repository self-contained: the server needs no checkout of this project on its path, and a
+later edit of training/ cannot change a model that is already deployed.
+Parameters: threads (torch intra-op threads, 0 = every core), pad_token_id, precision (fp32).
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import triton_python_backend_utils as pb_utils
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # batching.py and the training/ snapshot beside this file win
+
+import batching  # noqa: E402
+from training.model import BertForSequenceClassification  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get("threads", "0") or 0) or os.cpu_count() or 1
+        torch.set_num_threads(threads)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set in this process
+            pass
+        precision = params.get("precision", "fp32")
+        if precision != "fp32":
+            raise pb_utils.TritonModelException(f"precision {precision!r}: only fp32 runs on the CPU")
+        folder = Path(args["model_repository"]) / args["model_version"] / params.get("model_file", "checkpoint")
+        self.model = BertForSequenceClassification.from_pretrained(folder).eval()
+        self.num_features = self.model.config.num_tabular_features
+        self.pad_token_id = int(params.get("pad_token_id", "0"))
+        pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, {threads} threads, "
+                                 f"{self.model.num_parameters():,} parameters")
+
+    def execute(self, requests):
+        def read(request, name):
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
+        outputs = {}
+        if batch is not None:
+            try:
+                with torch.inference_mode():
+                    x = {k: torch.from_numpy(v) for k, v in batch.items()}
+                    logits = self.model(x["input_ids"], x["attention_mask"], x["token_type_ids"],
+                                        features=x.get("features")).logits
+                outputs = {"logits": logits.float().numpy().astype(np.float32, copy=False)}
+            except Exception as e:
+                errors = [err or f"PyTorch failed on a batch of {len(batch['input_ids'])}: {e}"
+                          for err in errors]
+        return batching.respond(pb_utils, outputs, rows, errors)
