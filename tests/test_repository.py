@@ -1,0 +1,242 @@
+"""build/repository.py on a tiny random BERT: layout, configs, versions, atomic swap, skips.
+
+The tiny checkpoint (a WordPiece tokenizer made with `tokenizers`, a 2-layer BERT saved with our
+save_pretrained) is also what tests/test_triton_cpu.py serves with the real Triton server.
+"""
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from build import model_configs as mcfg
+from build import repository
+from build.export_onnx import export_onnx
+from training.config import BertConfig
+from training.model import BertForSequenceClassification
+
+WORDS = ("i love this great happy day the flight was bad worst ever awful good morning sun is out "
+         "my got cancelled again airline what a wonderful not so".split())
+
+
+def make_tiny_tokenizer(folder: Path) -> Path:
+    """A real WordPiece tokenizer (lower-casing, [CLS] ... [SEP]) over a small vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars + ".,!?'") + \
+        [f"##{c}" for c in chars] + list(WORDS)
+    # filler up to 2048 entries: build/export_onnx.py traces with token ids 1000..1999
+    vocab += [f"[unused{i}]" for i in range(2048 - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder
+
+
+def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_label=False,
+                         max_positions=64, seed=0) -> Path:
+    tok_dir = make_tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer")
+    vocab_size = len((tok_dir / "vocab.txt").read_text().split())
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=max_positions,
+                        initializer_range=0.2, id2label=dict(enumerate(labels)),
+                        problem_type="multi_label_classification" if multi_label else
+                        "single_label_classification")
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config).eval()
+    # centre the classifier on a few sentences, so that predictions differ from text to text
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    tok.enable_padding()
+    enc = tok.encode_batch([" ".join(WORDS[i:i + 6]) for i in range(0, len(WORDS), 3)])
+    ids, mask = torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])
+    with torch.no_grad():
+        logits = model(ids, mask, torch.zeros_like(ids)).logits
+        model.classifier.bias -= logits.median(dim=0).values
+    model.save_pretrained(folder, tokenizer_from=tok_dir)
+    return folder
+
+
+def make_tiny_build(tmp: Path, int8=True) -> tuple[Path, Path]:
+    """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model)."""
+    ckpt = make_tiny_checkpoint(tmp / "checkpoint")
+    onnx_dir = tmp / "build" / "onnx"
+    model = BertForSequenceClassification.from_pretrained(ckpt).eval()
+    export_onnx(model, onnx_dir / "model_fp32.onnx")
+    if int8:  # dynamic int8 quantization: a real int8 graph, small and quick to make
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        quantize_dynamic(str(onnx_dir / "model_fp32.onnx"), str(onnx_dir / "model_int8.onnx"),
+                         weight_type=QuantType.QInt8)
+    return ckpt, tmp / "build"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_build(tmp_path_factory.mktemp("tiny"))
+
+
+def quiet(*_):
+    pass
+
+
+def test_cpu_repository_layout(tiny, tmp_path):
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "model_repository"
+    result = repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+
+    assert result.version == 1 and result.skipped == {}
+    assert result.ensembles == ["bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8"]
+    expected = {"tokenizer", "postprocess", *result.ensembles, *(f"{e}_model" for e in result.ensembles)}
+    assert {p.name for p in out.iterdir() if p.is_dir()} == expected
+    for name in expected:                       # every config parses back and names its folder
+        config = mcfg.parse_config((out / name / "config.pbtxt").read_text())
+        assert config.name == name and config.max_batch_size == 64
+        assert (out / name / "1").is_dir()
+        if any(o.label_filename for o in config.output):
+            assert (out / name / "labels.txt").read_text().split() == ["negative", "positive"]
+        for file, (dtype, dims) in mcfg.warmup_files(config).items():
+            data = (out / name / "warmup" / file).read_bytes()
+            if dtype == mcfg.mc.TYPE_INT64:
+                assert len(data) == 8 * dims[0]
+    v = out / "bert_pytorch_fp32_model" / "1"
+    assert {"model.py", "batching.py"} <= {p.name for p in v.iterdir()}
+    assert (v / "checkpoint" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "model.py"]
+    assert (out / "bert_onnx_int8_model" / "1" / "model.onnx").is_file()
+    assert (out / "tokenizer" / "1" / "tokenizer.json").is_file()
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["version"] == 1 and manifest["target"] == "cpu" and manifest["skipped"] == {}
+
+
+def test_warmup_text_is_a_serialized_bytes_tensor(tiny, tmp_path):
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "repo"
+    repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    data = (out / "tokenizer" / "warmup" / "text").read_bytes()
+    (n,) = struct.unpack("<I", data[:4])
+    assert n == len(data) - 4 and data[4:].decode() == repository.WARMUP_TEXT
+    ids = np.frombuffer((out / "bert_onnx_fp32_model" / "warmup" / "input_ids").read_bytes(), "<i8")
+    assert ids[0] == 2 and 3 in ids       # [CLS] ... [SEP], then padding
+
+
+def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkeypatch):
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "model_repository"
+    out.mkdir()
+    (out / "README.md").write_text("tracked readme\n")
+    repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    r2 = repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    assert r2.version == 2
+    assert sorted(p.name for p in (out / "tokenizer").iterdir() if p.name.isdigit()) == ["2"]
+    assert (out / "README.md").read_text() == "tracked readme\n"
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full (simulated)")
+    monkeypatch.setattr(repository, "copy_source", boom)   # fails in the middle of the build
+    with pytest.raises(RuntimeError, match="simulated"):
+        repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert not list(tmp_path.glob(".model_repository.*"))   # no temp tree left behind
+
+
+def test_missing_artifacts_are_skipped_and_listed(tmp_path):
+    ckpt = make_tiny_checkpoint(tmp_path / "checkpoint")
+    result = repository.build_repository("cpu", ckpt, tmp_path / "repo", log=quiet)
+    assert result.ensembles == ["bert_pytorch_fp32"]
+    assert set(result.skipped) == {"bert_onnx_fp32", "bert_onnx_int8"}
+    assert "model_int8.onnx not found" in result.skipped["bert_onnx_int8"]
+    assert not (tmp_path / "repo" / "bert_onnx_int8").exists()
+
+
+def test_gpu_repository_without_gpu(tiny, tmp_path):
+    """GPU configs are built and parsed here: TorchScript traced on CPU, no plans -> TRT skipped."""
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "gpu_repo"
+    result = repository.build_repository("gpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    assert {"bert_pytorch_fp32", "bert_pytorch_fp16"} <= set(result.ensembles)
+    assert set(result.skipped) >= {"bert_trt_fp16", "bert_trt_int8", "bert_onnx_fp16"}
+    config = mcfg.parse_config((out / "bert_pytorch_fp32_model" / "config.pbtxt").read_text())
+    assert config.platform == "pytorch_libtorch" and config.instance_group[0].kind == mcfg.GPU
+    assert mcfg.parse_config((out / "tokenizer" / "config.pbtxt").read_text()).instance_group[0].kind == mcfg.CPU
+    # the traced model follows its inputs' device: no device frozen at trace time
+    traced = torch.jit.load(str(out / "bert_pytorch_fp32_model" / "1" / "model.pt"))
+    assert 'device=torch.device("cpu")' not in traced.model.bert.embeddings.code
+    x = torch.tensor([[2, 50, 51, 3, 0]]), torch.tensor([[1, 1, 1, 1, 0]]), torch.zeros(1, 5, dtype=torch.long)
+    eager = BertForSequenceClassification.from_pretrained(ckpt).eval()
+    with torch.no_grad():
+        assert torch.allclose(traced(*x), eager(*x).logits, atol=1e-5)
+
+
+def with_fp16_logits(src: Path, dst: Path) -> Path:
+    """The fp32 graph with its logits cast to float16, as an fp16 export with fp16 outputs has."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    out = model.graph.output[0]
+    for node in model.graph.node:
+        node.output[:] = ["logits_fp32" if o == "logits" else o for o in node.output]
+    model.graph.node.append(helper.make_node("Cast", ["logits_fp32"], ["logits"], to=onnx.TensorProto.FLOAT16))
+    out.type.tensor_type.elem_type = onnx.TensorProto.FLOAT16
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_gpu_fp16_onnx_gets_an_fp16_postprocess(tiny, tmp_path):
+    ckpt, onnx_dir = tiny
+    fp16_dir = tmp_path / "fp16"
+    with_fp16_logits(onnx_dir / "onnx" / "model_fp32.onnx", fp16_dir / "model_fp16.onnx")
+    out = tmp_path / "repo"
+    repository.build_repository("gpu", ckpt, out, onnx_dir=fp16_dir, log=quiet)
+    model_cfg = mcfg.parse_config((out / "bert_onnx_fp16_model" / "config.pbtxt").read_text())
+    assert model_cfg.platform == "onnxruntime_onnx" and model_cfg.output[0].data_type == mcfg.mc.TYPE_FP16
+    ens = mcfg.parse_config((out / "bert_onnx_fp16" / "config.pbtxt").read_text())
+    assert ens.ensemble_scheduling.step[2].model_name == "postprocess_fp16"
+    post = mcfg.parse_config((out / "postprocess_fp16" / "config.pbtxt").read_text())
+    assert post.input[0].data_type == mcfg.mc.TYPE_FP16 and post.output[0].data_type == mcfg.mc.TYPE_FP32
+
+
+def test_bad_inputs_name_the_problem(tiny, tmp_path):
+    ckpt, onnx_dir = tiny
+    with pytest.raises(repository.RepositoryError, match="max_position_embeddings 64"):
+        repository.build_repository("cpu", ckpt, tmp_path / "r", max_length=512, log=quiet)
+    with pytest.raises(repository.RepositoryError, match="--onnx-dir .*no such folder"):
+        repository.build_repository("cpu", ckpt, tmp_path / "r", onnx_dir=tmp_path / "nope", log=quiet)
+    no_tok = tmp_path / "no_tok"
+    no_tok.mkdir()
+    (no_tok / "config.json").write_text((ckpt / "config.json").read_text())
+    with pytest.raises(repository.RepositoryError, match="no tokenizer.json"):
+        repository.build_repository("cpu", no_tok, tmp_path / "r", log=quiet)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_builds_a_repository(tiny, tmp_path, capsys):
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "cli_repo"
+    with pytest.raises(SystemExit) as done:
+        repository.main(["--target", "cpu", "--checkpoint", str(ckpt), "--onnx-dir", str(onnx_dir),
+                         "--out", str(out), "--max-length", "32"])
+    assert done.value.code == 0 and "bert_onnx_int8" in capsys.readouterr().out
+    params = mcfg.parse_config((out / "tokenizer" / "config.pbtxt").read_text()).parameters
+    assert params["max_length"].string_value == "32"
+
+
+def test_cli_error_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        repository.main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no tokenizer.json" in err and err.count("\n") == 1
