@@ -10,7 +10,8 @@ features, label names, problem type), whatever the file's schema:
 - `tweets`: the bundled tweets (`python -m training fetch`), negative vs positive or three classes.
 
 Row numbers in messages count the header as row 1, as a spreadsheet shows them (a quoted field that
-spans several lines is still one row). Bad input is an error naming the file, row, column and value;
+spans several lines is still one row); split.json stores 0-based record indices (row number - 2), the
+positions `pandas.read_csv` gives the rows. Bad input is an error naming the file, row, column and value;
 rows with empty text are dropped with a warning that counts them, never silently.
 """
 from __future__ import annotations
@@ -73,7 +74,7 @@ class TextDataset:
     labels: np.ndarray                 # (N,) int64 class ids, or (N, L) float32 multi-hot rows
     label_names: list[str]
     problem_type: str                  # "single_label_classification" | "multi_label_classification"
-    rows: np.ndarray                   # (N,) each text's row number in its file (header = row 1)
+    rows: np.ndarray                   # (N,) each text's 0-based record index in its file (row number - 2)
     features: np.ndarray | None = None  # (N, k) float32 tabular features, or None
     feature_names: list[str] | None = None
     spec: DataSpec | None = None
@@ -135,7 +136,12 @@ def _require_columns(df, path: Path, columns) -> None:
 
 
 def _row_numbers(df) -> np.ndarray:
-    return np.arange(len(df), dtype=np.int64) + 2  # header is row 1
+    return np.arange(len(df), dtype=np.int64)  # 0-based record indices
+
+
+def _row(record: int) -> int:
+    """The row number a person sees: the header is row 1, the first record row 2."""
+    return int(record) + 2
 
 
 def _drop_empty_texts(texts: list[str], rows: np.ndarray, path: Path) -> np.ndarray:
@@ -143,7 +149,7 @@ def _drop_empty_texts(texts: list[str], rows: np.ndarray, path: Path) -> np.ndar
     keep = np.array([bool(t.strip()) for t in texts], dtype=bool)
     n = int((~keep).sum())
     if n:
-        first = ", ".join(str(r) for r in rows[~keep][:5])
+        first = ", ".join(str(_row(r)) for r in rows[~keep][:5])
         warnings.warn(f"{path}: dropped {n} row{'s' if n > 1 else ''} with empty text (rows {first}"
                       f"{', ...' if n > 5 else ''})", DataWarning, stacklevel=3)
     return keep
@@ -156,7 +162,7 @@ def _class_ids(values: Sequence[str], rows: np.ndarray, names: Sequence[str], pa
         i = index.get(v)
         if i is None:
             what = "empty label" if v == "" else f"unknown label {v!r}"
-            raise DataError(f"{path}: row {rows[j]}: {what} in column {column!r} (expected one of {list(names)})")
+            raise DataError(f"{path}: row {_row(rows[j])}: {what} in column {column!r} (expected one of {list(names)})")
         out[j] = i
     return out
 
@@ -184,7 +190,7 @@ def load_csv(path, text_column: str = "text", label_column: str = "label", label
     if labels is None:
         for j, v in enumerate(values):
             if v == "":
-                raise DataError(f"{path}: row {rows[j]}: empty label in column {label_column!r}")
+                raise DataError(f"{path}: row {_row(rows[j])}: empty label in column {label_column!r}")
         labels = _sorted_labels(values)
     if len(labels) < 2:
         raise DataError(f"{path}: column {label_column!r} has a single label value {labels}; "
@@ -216,7 +222,7 @@ def load_multilabel(path, text_column: str = "text", label_columns: Sequence[str
             except ValueError:
                 x = None
             if x not in (0.0, 1.0):
-                raise DataError(f"{path}: row {rows[j]}: column {col!r} must be 0 or 1, got {v!r}")
+                raise DataError(f"{path}: row {_row(rows[j])}: column {col!r} must be 0 or 1, got {v!r}")
             labels[j, c] = x
     spec = spec or DataSpec(kind="multilabel", path=str(path), text_column=text_column,
                             label_columns=label_columns, encoding=encoding)
@@ -276,7 +282,7 @@ def load_stackoverflow(path, spec: DataSpec | None = None, encoding: str = "utf-
         bad = np.flatnonzero(parsed.isna().to_numpy() & keep)
         if len(bad):
             j = bad[0]
-            raise DataError(f"{path}: row {rows[j]}: column {col!r} is not a date: {raw.iloc[j]!r} "
+            raise DataError(f"{path}: row {_row(rows[j])}: column {col!r} is not a date: {raw.iloc[j]!r} "
                             f"(expected like 07/31/2008 21:42:52)")
         return parsed
 
@@ -285,7 +291,7 @@ def load_stackoverflow(path, spec: DataSpec | None = None, encoding: str = "utf-
     bad = np.flatnonzero(np.isnan(reputation) & keep)
     if len(bad):
         j = bad[0]
-        raise DataError(f"{path}: row {rows[j]}: column 'ReputationAtPostCreation' is not a number: "
+        raise DataError(f"{path}: row {_row(rows[j])}: column 'ReputationAtPostCreation' is not a number: "
                         f"{df['ReputationAtPostCreation'].iloc[j]!r}")
     tags = (df[[f"Tag{i}" for i in range(1, 6)]].apply(lambda s: s.str.strip() != "")).sum(axis=1).to_numpy()
     title_words = np.array([len(t.split()) for t in titles])
@@ -391,15 +397,19 @@ def make_split(ds: TextDataset, seed: int = 0, fractions=SPLIT_FRACTIONS) -> dic
 
 
 def save_split(path, ds: TextDataset, split: dict[str, np.ndarray], seed: int, limit: int | None = None) -> Path:
-    """split.json: the data spec + file hash and, per split, the texts' row numbers in the file."""
+    """split.json: the data file (path relative to the repository when inside it), its sha256, how it
+    was loaded (`spec`), and per split the texts' 0-based record indices in the file (pandas positions).
+    Read it back with `load_split`, which applies the same loader and checks the hash."""
     path = Path(path)
     doc = {
         "format": 1,
+        "data": ds.spec.path,
+        "sha256": ds.sha256,
+        "spec": dataclasses.asdict(ds.spec),
         "seed": seed,
         "fractions": list(SPLIT_FRACTIONS),
         "limit": limit,
-        "data": dataclasses.asdict(ds.spec),
-        "sha256": ds.sha256,
+        "index": "0-based record indices into `data` (header excluded; row number in messages = index + 2)",
         "label_names": ds.label_names,
         "problem_type": ds.problem_type,
         "feature_names": ds.feature_names,
@@ -418,7 +428,7 @@ def load_split(path, data=None) -> tuple[TextDataset, dict[str, TextDataset]]:
     path = Path(path)
     try:
         doc = json.loads(path.read_text())
-        spec = DataSpec(**doc["data"])
+        spec = DataSpec(**doc["spec"])
         rows = {s: np.asarray(doc[s], dtype=np.int64) for s in SPLITS}
     except FileNotFoundError:
         raise DataError(f"{path}: no such split file") from None
@@ -444,7 +454,7 @@ def load_split(path, data=None) -> tuple[TextDataset, dict[str, TextDataset]]:
     for s in SPLITS:
         missing = [int(r) for r in rows[s] if int(r) not in position]
         if missing:
-            raise DataError(f"{path}: {s} rows {missing[:5]} are not in {file} as loaded now")
+            raise DataError(f"{path}: {s} rows {[_row(r) for r in missing[:5]]} are not in {file} as loaded now")
         parts[s] = ds.subset([position[int(r)] for r in rows[s]])
     return ds, parts
 
