@@ -90,8 +90,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> dict:
     """This CPU's fp32 matmul rate: torch n x n @ n x n, median of `reps` timed runs after warm-up."""
     import torch
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
+    a @ b                                  # warm-up: thread pool, caches
     times = []
     for _ in range(reps):
         t = time.perf_counter()
@@ -135,14 +134,20 @@ def runs_on(clf: Classifier, ensemble: str) -> str:
 
 class InProcessOnnx:
     def __init__(self, onnx_path: Path, tokenizer_json: Path, max_length: int, label_names: list[str],
-                 multi_label: bool = False):
+                 multi_label: bool = False, threads: int = 0):
         import onnxruntime as ort
         from tokenizers import Tokenizer
         self.tok = Tokenizer.from_file(str(tokenizer_json))
         self.tok.enable_truncation(max_length)
         pad_id = self.tok.token_to_id("[PAD]") or 0
         self.tok.enable_padding(pad_id=pad_id, pad_token="[PAD]")     # pad to the batch's longest text
-        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        # the same session settings as the served Python model (build/triton_models/onnxruntime_model.py)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.names, self.multi_label = label_names, multi_label
         self.onnx_path, self.max_length = onnx_path, max_length
@@ -167,30 +172,48 @@ class InProcessOnnx:
         return [sum(e.attention_mask) for e in self.tok.encode_batch(texts)]
 
 
+def _latest_version(model_dir: Path) -> Path | None:
+    versions = [p for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def _parameters(model_dir: Path) -> dict:
+    """A model's config.pbtxt parameters (string values), parsed as the ModelConfig it is."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+    path = model_dir / "config.pbtxt"
+    if not path.is_file():
+        return {}
+    config = text_format.Parse(path.read_text(), mc.ModelConfig())
+    return {k: v.string_value for k, v in config.parameters.items()}
+
+
 def find_in_repository(repo: Path, ensemble: str = "bert_onnx_fp32") -> dict:
-    """The ONNX file, tokenizer.json and max length that the served ensemble uses, read from disk."""
-    repo = Path(repo)
-    found = {}
-    versions = sorted((p for p in (repo / f"{ensemble}_model").glob("*") if p.name.isdigit()),
-                      key=lambda p: int(p.name))
-    for v in reversed(versions):
-        onnx = sorted(v.rglob("*.onnx"))
-        if onnx:
-            found["onnx"] = onnx[0]
+    """What the served ensemble runs, read from the repository on disk: its ONNX file, the
+    tokenizer's tokenizer.json and max_length, and a checkpoint config.json (for the FLOP count)."""
+    repo, found = Path(repo), {"max_length": 128}
+    version = _latest_version(repo / f"{ensemble}_model")
+    if version is not None:
+        params = _parameters(repo / f"{ensemble}_model")
+        onnx = version / params.get("model_file", "model.onnx")
+        if onnx.is_file():
+            found["onnx"], found["threads"] = onnx, int(params.get("threads", "0") or 0)
+    version = _latest_version(repo / "tokenizer")
+    if version is not None and (version / "tokenizer.json").is_file():
+        found["tokenizer"] = version / "tokenizer.json"
+        params = _parameters(repo / "tokenizer")
+        found["max_length"] = int(params.get("max_length", "128"))
+        found["pad_to_multiple_of"] = int(params.get("pad_to_multiple_of", "1"))
+    # the PyTorch model's checkpoint copy, else the checkpoint build.json names
+    for model_dir in sorted(repo.glob("*_model")):
+        version = _latest_version(model_dir)
+        if version is not None and (version / "checkpoint" / "config.json").is_file():
+            found["config"] = version / "checkpoint" / "config.json"
             break
-    tok = sorted((repo / "tokenizer").rglob("tokenizer.json"))
-    if tok:
-        found["tokenizer"] = tok[-1]
-    max_length = 128
-    cfg = repo / "tokenizer" / "config.pbtxt"
-    if cfg.is_file():
-        m = re.search(r'key:\s*"max_length"\s*value\s*{\s*string_value:\s*"(\d+)"', cfg.read_text())
-        if m:
-            max_length = int(m.group(1))
-    found["max_length"] = max_length
-    configs = sorted((repo / f"{ensemble}_model").rglob("config.json")) + sorted((repo / "tokenizer").rglob("config.json"))
-    if configs:
-        found["config"] = configs[-1]
+    if "config" not in found and (repo / "build.json").is_file():
+        ckpt = Path(json.loads((repo / "build.json").read_text()).get("checkpoint", ""))
+        if (ckpt / "config.json").is_file():
+            found["config"] = ckpt / "config.json"
     return found
 
 
@@ -429,7 +452,8 @@ def benchmark(args, log=print) -> dict:
     if args.in_process:
         if "onnx" in found and "tokenizer" in found:
             names = clients[models[0]].labels
-            baseline = InProcessOnnx(found["onnx"], found["tokenizer"], found["max_length"], names, held.multi_label)
+            baseline = InProcessOnnx(found["onnx"], found["tokenizer"], found["max_length"], names, held.multi_label,
+                                     found.get("threads", 0))
             backends[IN_PROCESS] = baseline.infer
         else:
             notes.append(f"in-process baseline skipped: no bert_onnx_fp32_model ONNX file and tokenizer.json "

@@ -1,0 +1,125 @@
+"""A short bounded benchmark and perf_analyzer run against the real embedded Triton (tiny model).
+
+These check that the reports are complete and the figures are real measurements (positive,
+consistent), not how fast anything is: speed figures come from `make benchmark`, never from tests.
+"""
+import csv
+import json
+import subprocess
+
+import pytest
+
+from clients.__main__ import main as cli
+from clients.benchmark import describe, find_in_repository
+from clients.testing import ENSEMBLES, tiny_served  # noqa: F401  (session fixture)
+from clients.texts import held_out_texts
+
+COLUMNS = ("Framework", "Precision", "Samples/s", "Speedup", "p50 ms", "p95 ms", "p99 ms", "Accuracy", "Recovery",
+           "FLOP util.", "Hardware")
+
+
+@pytest.mark.server
+def test_short_benchmark_writes_complete_reports(tiny_served, tmp_path, capsys):
+    out = tmp_path / "reports"
+    rc = cli(["benchmark", "--url", tiny_served.grpc_url, "--protocol", "grpc",
+              "--texts", str(tiny_served.texts_csv), "--label-column", "label", "--limit", "48",
+              "--batch-size", "16", "--rounds", "2", "--sweep-levels", "1,4", "--sweep-texts", "8",
+              "--matmul-reps", "1", "--repository", str(tiny_served.repository),
+              "--admin-key", tiny_served.admin_key, "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "benchmark.json").read_text())
+    rows = {r["model"]: r for r in doc["rows"]}
+    assert set(rows) == set(ENSEMBLES) | {"-"}          # every ensemble + the in-process baseline
+    for r in doc["rows"]:
+        assert r["samples_per_s"] > 0 and len(r["rounds_samples_per_s"]) == 2
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+        assert r["requests"] == 3                       # 48 texts / 16 per request
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["recovery"] > 0 and r["speedup"] > 0
+        assert r["flop_utilisation"] > 0
+    assert rows["bert_pytorch_fp32"]["speedup"] == pytest.approx(1.0)
+    assert rows["bert_pytorch_fp32"]["recovery"] == pytest.approx(1.0)
+    # fp32 ONNX through Triton and in-process run the same graph on the same texts: same answers
+    assert rows["bert_onnx_fp32"]["accuracy"] == rows["-"]["accuracy"]
+    meta = doc["meta"]
+    assert meta["matmul"]["gflops"] > 0 and meta["flops"]["mean_tokens"] > 2
+    assert meta["hardware"]["cpu"] and meta["hardware"]["logical_cores"] >= 1
+    sweep = doc["sweep"]
+    assert [lv["concurrency"] for lv in sweep["levels"]] == [1, 4]
+    assert all(lv["samples_per_s"] > 0 and lv["requests"] == 16 for lv in sweep["levels"])
+    for key in ("flop_utilisation", "ensemble_vs_in_process", "concurrency_vs_batch", "int8_recovery"):
+        assert doc["targets"][key]["value"] > 0
+    md = (out / "benchmark.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Framework"))
+    assert all(c in header for c in COLUMNS)
+    assert md.count("| ONNX Runtime |") == 2 and "Concurrency sweep" in md
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*tmp"))                   # no temp files left behind
+
+
+@pytest.mark.server
+def test_benchmark_discovers_only_bert_ensembles(tiny_served):
+    from clients.benchmark import discover_ensembles
+    from clients.classify import Classifier
+    clf = Classifier(tiny_served.http_url, "http", admin_key=tiny_served.admin_key)
+    assert discover_ensembles(clf) == ["bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8"]
+
+
+def _perf_analyzer_runs():
+    try:
+        from server.install import InstallError, perf_analyzer_env, perf_analyzer_path
+        exe, env = perf_analyzer_path(), perf_analyzer_env()
+    except Exception as e:   # not installed, or its libraries missing
+        return f"perf_analyzer is not installed ({e})"
+    proc = subprocess.run([str(exe), "--version"], env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"perf_analyzer cannot run here: {(proc.stdout + proc.stderr).strip()[-300:]}"
+    return None
+
+
+@pytest.mark.server
+def test_short_perf_analyzer_run(tiny_served, tmp_path):
+    why = _perf_analyzer_runs()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "perf"
+    rc = cli(["perf", "--url", tiny_served.grpc_url, "--models", "bert_onnx_fp32", "--concurrency", "1,2",
+              "--measurement-ms", "500", "--max-trials", "4", "--texts", str(tiny_served.texts_csv),
+              "--limit", "32", "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "input_data.json").read_text())["data"]
+    assert len(data) == 32 and all(isinstance(d["text"][0], str) and d["text"][0] for d in data)
+    rows = list(csv.DictReader((out / "bert_onnx_fp32.csv").open()))
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2]
+    assert all(float(r["Inferences/Second"]) > 0 and int(r["p99 latency"]) > 0 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failures"] == []
+
+
+def test_held_out_texts_come_from_the_saved_split(tmp_path):
+    from training.data import load_csv, make_split, save_split
+    path = tmp_path / "data.csv"
+    path.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
+    ds = load_csv(path)
+    split = make_split(ds, seed=0)
+    run = tmp_path / "run"
+    save_split(run / "split.json", ds, split, seed=0)
+    held = held_out_texts(run=run)
+    assert held.texts == [ds.texts[i] for i in split["test"]]
+    assert held.labels == [ds.label_names[ds.labels[i]] for i in split["test"]]
+    assert held.take(2).texts == [t for t in held.texts if t in held.take(2).texts] and len(held.take(2).texts) == 2
+
+
+def test_held_out_texts_errors_name_the_problem(tmp_path):
+    from clients.classify import ClientError
+    with pytest.raises(ClientError, match="does not exist"):
+        held_out_texts(run=tmp_path / "no-run")
+    bad = tmp_path / "t.csv"
+    bad.write_text("body,label\nhello,a\n")
+    with pytest.raises(ClientError, match="no column 'text'"):
+        held_out_texts(texts_file=bad)
+
+
+def test_repository_lookup_and_names(tmp_path):
+    assert describe("bert_onnx_int8") == ("ONNX Runtime", "INT8")
+    assert describe("bert_trt_fp16") == ("TensorRT", "FP16")
+    assert find_in_repository(tmp_path) == {"max_length": 128}     # nothing there: nothing found
