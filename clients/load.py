@@ -119,9 +119,11 @@ def load(args, log=print) -> dict:
     before = server_memory(port)
     log(f"locust: {args.users} users (spawn {args.spawn_rate}/s) for {args.duration} on {host}/v2/models/"
         f"{args.model}/infer, {len(held.texts)} texts from {held.source}")
-    env = dict(os.environ, LOAD_TEXTS=str(texts_path.resolve()), LOAD_MODEL=args.model, LOAD_WAIT=str(args.wait))
     with tempfile.TemporaryDirectory(prefix=".locust-", dir=out) as tmp:
         prefix = Path(tmp) / args.model
+        final = Path(tmp) / "final.json"
+        env = dict(os.environ, LOAD_TEXTS=str(texts_path.resolve()), LOAD_MODEL=args.model,
+                   LOAD_WAIT=str(args.wait), LOAD_SUMMARY=str(final))
         cmd = locust_command(host, args.users, args.spawn_rate, args.duration, prefix)
         t = time.monotonic()
         try:
@@ -129,25 +131,18 @@ def load(args, log=print) -> dict:
         except subprocess.TimeoutExpired:
             raise ClientError(f"locust did not finish within {seconds + 120:.0f} s") from None
         elapsed = time.monotonic() - t
-        stats_file = Path(f"{prefix}_stats.csv")
-        if not stats_file.is_file():
+        if not final.is_file():
             raise ClientError(f"locust wrote no stats (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-2000:]}")
-        stats = read_stats(stats_file)
+        stats = json.loads(final.read_text())      # the final totals (the CSVs may lag by a second)
         for f in Path(tmp).glob(f"{args.model}_*.csv"):      # locust's CSVs, moved in whole
             os.replace(f, out / f.name)
     after = server_memory(port)
     doc = {"url": host, "model": args.model, "users": args.users, "spawn_rate": args.spawn_rate,
            "duration": args.duration, "wait_s": args.wait, "elapsed_s": round(elapsed, 1), "texts": len(held.texts),
            "text_source": held.source, **stats, "locust_exit_code": proc.returncode,
-           "memory_before": before, "memory_after": after,
+           "stats_csv": str(out / f"{args.model}_stats.csv"), "memory_before": before, "memory_after": after,
            "memory_growth_mib": None if not (before and after) else after["total_mib"] - before["total_mib"],
            "command": " ".join(cmd[cmd.index("-f"):]).replace(str(Path(tmp)), str(out))}
-    failures = Path(out / f"{args.model}_failures.csv")
-    doc["failure_kinds"] = []
-    if failures.is_file():
-        with open(failures, newline="") as f:
-            doc["failure_kinds"] = [{"error": r.get("Error"), "occurrences": r.get("Occurrences")}
-                                    for r in csv.DictReader(f)]
     if proc.returncode != 0 and not stats["failures"]:
         doc["locust_output"] = (proc.stdout + proc.stderr)[-2000:]
     _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
@@ -177,7 +172,7 @@ def render(doc) -> str:
              f"- server memory (RSS) after: {_mem(doc['memory_after'])}"
              + ("" if growth is None else f" ({growth:+.0f} MiB)"),
              f"- command: `locust {doc['command']}`"]
-    for f in doc.get("failure_kinds", []):
+    for f in doc.get("errors", []):
         lines.append(f"- failure: {f['error']} x{f['occurrences']}")
     return "\n".join(lines) + "\n"
 

@@ -8,12 +8,14 @@ reads the CSV stats and the server's memory), or by hand:
 
 Each request: POST /v2/models/<model>/infer with one text as a BYTES input `text` of shape [1, 1];
 a response counts as a success only if it is HTTP 200 and carries a label and probabilities in [0, 1].
+With LOAD_SUMMARY=path, the final totals are written there as JSON when locust quits (its CSV files
+are rewritten only once a second, so they can miss the last moments of a run).
 """
 import json
 import os
 import random
 
-from locust import HttpUser, constant, task
+from locust import HttpUser, constant, events, task
 
 MODEL = os.environ.get("LOAD_MODEL", "bert_onnx_fp32")
 WAIT = float(os.environ.get("LOAD_WAIT", "0"))       # seconds between a user's requests (0: closed loop)
@@ -55,3 +57,20 @@ class EnsembleUser(HttpUser):
                 r.failure(f"bad outputs: label {label!r}, probabilities {probs}")
             else:
                 r.success()
+
+
+@events.quitting.add_listener
+def write_summary(environment, **_):
+    path = os.environ.get("LOAD_SUMMARY")
+    if not path:
+        return
+    total = environment.stats.total
+    pct = lambda q: total.get_response_time_percentile(q) if total.num_requests else None
+    doc = {"requests": total.num_requests, "failures": total.num_failures, "requests_per_s": total.total_rps,
+           "mean_ms": total.avg_response_time, "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+           "max_ms": total.max_response_time if total.num_requests else None,
+           "errors": [{"error": str(e.error), "occurrences": e.occurrences} for e in environment.stats.errors.values()]}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(tmp, path)
