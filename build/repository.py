@@ -435,9 +435,10 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
             search = [plan_dir] if e.artifact.endswith(".plan") else [onnx_dir]
             source = find_artifact(e.artifact, search)
             if source is None:
-                where = ", ".join(str(d / s) if s else str(d) for d in search if d for s in SUBDIRS) or \
-                    "nowhere (no --onnx-dir/--plan-dir given)"
-                skipped[e.ensemble] = f"{e.artifact} not found in {where}"
+                flag = "--plan-dir" if e.artifact.endswith(".plan") else "--onnx-dir"
+                where = [str(d / s) if s else str(d) for d in search if d for s in SUBDIRS]
+                skipped[e.ensemble] = (f"{e.artifact} not found in {', '.join(where)}" if where
+                                       else f"{e.artifact}: no {flag} given")
                 continue
             if source.suffix == ".onnx":
                 logits_type = inspect_onnx(source, spec)

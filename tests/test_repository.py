@@ -156,7 +156,9 @@ def test_missing_artifacts_are_skipped_and_listed(tmp_path):
     result = repository.build_repository("cpu", ckpt, tmp_path / "repo", log=quiet)
     assert result.ensembles == ["bert_pytorch_fp32"]
     assert set(result.skipped) == {"bert_onnx_fp32", "bert_onnx_int8"}
-    assert "model_int8.onnx not found" in result.skipped["bert_onnx_int8"]
+    assert result.skipped["bert_onnx_int8"] == "model_int8.onnx: no --onnx-dir given"
+    result = repository.build_repository("cpu", ckpt, tmp_path / "repo", onnx_dir=tmp_path, log=quiet)
+    assert result.skipped["bert_onnx_int8"].startswith(f"model_int8.onnx not found in {tmp_path}, ")
     assert not (tmp_path / "repo" / "bert_onnx_int8").exists()
 
 
