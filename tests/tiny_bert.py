@@ -1,0 +1,62 @@
+"""A tiny random-weight BERT classifier checkpoint (HF layout) for tests that need a real one fast.
+
+    ckpt = make_checkpoint(tmp / "checkpoint")          # config.json, model.safetensors, tokenizer files
+    onnx = export_fp32(ckpt, tmp / "onnx")               # model_fp32.onnx beside it (optional)
+
+The tokenizer is a real WordPiece tokenizer built with the `tokenizers` library (lower-casing,
+[CLS] ... [SEP], ## continuations); the model is 2 layers of hidden size 32, so a Triton
+repository built from it loads in seconds and answers in milliseconds.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ("i love this great happy day the flight was bad worst ever awful good morning sun is out my "
+         "got cancelled again airline what a wonderful not so").split()
+
+
+def make_tokenizer(folder: Path, size: int = 512) -> Path:
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars + ".,!?'") + \
+        [f"##{c}" for c in chars] + WORDS
+    vocab += [f"[unused{i}]" for i in range(size - len(vocab))]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.decoder = decoders.WordPiece()
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return folder
+
+
+def make_checkpoint(folder: Path, labels=("negative", "positive"), seed: int = 0, layers: int = 2,
+                    max_positions: int = 64) -> Path:
+    from training.config import BertConfig
+    from training.model import BertForSequenceClassification
+
+    folder = Path(folder)
+    tok_dir = make_tokenizer(folder.parent / f".{folder.name}-tokenizer")
+    vocab_size = len((tok_dir / "vocab.txt").read_text().split())
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=max_positions, initializer_range=0.2,
+                        id2label=dict(enumerate(labels)), problem_type="single_label_classification")
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).eval().save_pretrained(folder, tokenizer_from=tok_dir)
+    return folder
+
+
+def export_fp32(checkpoint: Path, out_dir: Path) -> Path:
+    from build.export_onnx import export_onnx
+    from training.model import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(checkpoint).eval()
+    export_onnx(model, Path(out_dir) / "model_fp32.onnx")
+    return Path(out_dir)
