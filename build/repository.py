@@ -253,8 +253,11 @@ def serialize_strings(texts: list[str]) -> bytes:
     return out
 
 
-def warmup_tensors(tokenizer_json: Path, spec: ServingSpec) -> dict[str, bytes]:
-    """Raw bytes of one real warmup sample per input name (one request's worth, batch dim excluded)."""
+def warmup_tensors(tokenizer_json: Path, spec: ServingSpec, features=None) -> dict[str, bytes]:
+    """Raw bytes of one real warmup sample per input name (one request's worth, batch dim excluded).
+
+    `features`: a typical raw feature row for tabular models (the training means), else zeros.
+    """
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(tokenizer_json))
@@ -267,7 +270,8 @@ def warmup_tensors(tokenizer_json: Path, spec: ServingSpec) -> dict[str, bytes]:
               "token_type_ids": np.zeros(T)}
     arrays["input_ids"][:n], arrays["attention_mask"][:n] = enc.ids, 1
     data = {k: v.astype("<i8").tobytes() for k, v in arrays.items()}
-    data["features"] = np.zeros(spec.num_features, dtype="<f4").tobytes()
+    row = features if features is not None else np.zeros(spec.num_features)
+    data["features"] = np.asarray(row, dtype="<f4").tobytes()
     data["text"] = serialize_strings([WARMUP_TEXT])
     return data
 
@@ -412,7 +416,9 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
 
 def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx_dir, plan_dir,
               threads: int, version: int, log) -> BuildResult:
-    warmup = warmup_tensors(checkpoint / "tokenizer.json", spec)
+    from training.config import BertConfig
+    warmup = warmup_tensors(checkpoint / "tokenizer.json", spec,
+                            BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
     models, ensembles, skipped, artifacts = [], [], {}, {}
     model = None   # our PyTorch model, loaded once when an entry needs it
 

@@ -45,14 +45,18 @@ def make_tiny_tokenizer(folder: Path) -> Path:
 
 
 def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_label=False,
-                         max_positions=64, seed=0) -> Path:
+                         max_positions=64, seed=0, num_features=0, thresholds=None) -> Path:
     tok_dir = make_tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer")
     vocab_size = len((tok_dir / "vocab.txt").read_text().split())
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=max_positions,
                         initializer_range=0.2, id2label=dict(enumerate(labels)),
                         problem_type="multi_label_classification" if multi_label else
-                        "single_label_classification")
+                        "single_label_classification", num_tabular_features=num_features,
+                        tabular_mean=[10.0] * num_features if num_features else None,
+                        tabular_std=[5.0] * num_features if num_features else None)
+    if thresholds is not None:
+        config.extra["label_thresholds"] = list(thresholds)
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config).eval()
     # centre the classifier on a few sentences, so that predictions differ from text to text
@@ -61,16 +65,17 @@ def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_la
     tok.enable_padding()
     enc = tok.encode_batch([" ".join(WORDS[i:i + 6]) for i in range(0, len(WORDS), 3)])
     ids, mask = torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])
+    features = torch.full((len(ids), num_features), 10.0) if num_features else None
     with torch.no_grad():
-        logits = model(ids, mask, torch.zeros_like(ids)).logits
+        logits = model(ids, mask, torch.zeros_like(ids), features=features).logits
         model.classifier.bias -= logits.median(dim=0).values
     model.save_pretrained(folder, tokenizer_from=tok_dir)
     return folder
 
 
-def make_tiny_build(tmp: Path, int8=True) -> tuple[Path, Path]:
+def make_tiny_build(tmp: Path, int8=True, **checkpoint_options) -> tuple[Path, Path]:
     """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model)."""
-    ckpt = make_tiny_checkpoint(tmp / "checkpoint")
+    ckpt = make_tiny_checkpoint(tmp / "checkpoint", **checkpoint_options)
     onnx_dir = tmp / "build" / "onnx"
     model = BertForSequenceClassification.from_pretrained(ckpt).eval()
     export_onnx(model, onnx_dir / "model_fp32.onnx")
@@ -242,3 +247,20 @@ def test_cli_error_is_one_line(tmp_path, capsys):
     assert done.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no tokenizer.json" in err and err.count("\n") == 1
+
+
+def test_tabular_multi_label_repository(tmp_path):
+    ckpt, onnx_dir = make_tiny_build(tmp_path, int8=False, labels=("toxic", "insult", "threat"),
+                                     multi_label=True, num_features=3, thresholds=(0.5, 0.4, 0.6))
+    out = tmp_path / "repo"
+    result = repository.build_repository("gpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    assert "bert_pytorch_fp32" in result.ensembles
+    ens = mcfg.parse_config((out / "bert_pytorch_fp32" / "config.pbtxt").read_text())
+    assert [i.name for i in ens.input] == ["text", "features"]
+    post = mcfg.parse_config((out / "postprocess" / "config.pbtxt").read_text())
+    assert post.parameters["multi_label"].string_value == "true"
+    assert post.parameters["thresholds"].string_value == "0.5,0.4,0.6"
+    model = mcfg.parse_config((out / "bert_pytorch_fp32_model" / "config.pbtxt").read_text())
+    assert [(i.name, list(i.dims)) for i in model.input][-1] == ("features", [3])
+    warm = np.frombuffer((out / "bert_pytorch_fp32_model" / "warmup" / "features").read_bytes(), "<f4")
+    assert warm.tolist() == [10.0, 10.0, 10.0]    # the training means: a typical raw row

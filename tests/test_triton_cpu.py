@@ -175,3 +175,51 @@ def test_a_malformed_request_to_a_model_gets_a_clear_error(served):
     with pytest.raises(InferenceServerException, match="attention_mask has shape"):
         client.infer("bert_onnx_fp32_model", inputs)
     assert client.is_model_ready("bert_onnx_fp32_model")   # the model survived it
+
+
+# ----------------------------------------------------------------------------------------------
+# a multi-label model with tabular features: `features` through the ensemble, labels joined by ","
+
+@pytest.fixture(scope="module")
+def served_tabular(tmp_path_factory):
+    from server.testing import running_server
+
+    tmp = tmp_path_factory.mktemp("triton_tabular")
+    ckpt, onnx_dir = make_tiny_build(tmp, int8=False, labels=("toxic", "insult", "threat"),
+                                     multi_label=True, num_features=3, thresholds=(0.5, 0.45, 0.55))
+    result = repository.build_repository("cpu", ckpt, tmp / "model_repository", onnx_dir=onnx_dir,
+                                         log=lambda *_: None)
+    with running_server(result.out, state_dir=tmp / "state") as server:
+        yield server, result, ckpt
+
+
+@pytest.mark.parametrize("ensemble", ["bert_pytorch_fp32", "bert_onnx_fp32"])
+def test_tabular_multi_label_ensembles(served_tabular, ensemble):
+    import tritonclient.grpc as grpcclient
+    from tokenizers import Tokenizer
+
+    server, result, ckpt = served_tabular
+    assert sorted(result.ensembles) == ["bert_onnx_fp32", "bert_pytorch_fp32"]
+    texts = TEXTS[:4] + ["i love this", "i love this"]
+    features = np.array([[10, 10, 10], [0, 3, 40], [-5, 8, 2], [12, 11, 9], [0, 0, 0], [30, -20, 25]],
+                        dtype=np.float32)
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    f = grpcclient.InferInput("features", list(features.shape), "FP32")
+    f.set_data_from_numpy(features)
+    r = client.infer(ensemble, [_text_input(texts), f])
+    logits, probs = r.as_numpy("logits"), r.as_numpy("probabilities")
+    got = [v.decode() for v in r.as_numpy("label").ravel()]
+
+    model = BertForSequenceClassification.from_pretrained(ckpt).eval()
+    tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+    tok.enable_truncation(64)
+    with torch.no_grad():
+        expected = np.concatenate([model(torch.tensor([e.ids]), features=torch.from_numpy(features[i:i + 1])).logits
+                                   .numpy() for i, e in enumerate(tok.encode_batch([as_str(t) for t in texts]))])
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-expected)), atol=1e-5)
+    thresholds = np.array([0.5, 0.45, 0.55])
+    names = ("toxic", "insult", "threat")
+    assert got == [",".join(n for n, p, t in zip(names, row, thresholds) if p > t) for row in probs]
+    assert logits[4].tolist() != logits[5].tolist()     # same text, other features: features are used
+    assert any("," in g for g in got) and len(set(got)) > 2     # joined names, and variety
