@@ -152,6 +152,8 @@ def tokenizer_config(spec: ServingSpec) -> mc.ModelConfig:
     set_parameter(c, "max_length", spec.max_length)
     set_parameter(c, "pad_to_multiple_of", 8)
     set_parameter(c, "pad_token_id", spec.pad_token_id)
+    # characters kept per text before tokenizing: bounds the work one long text can cause
+    set_parameter(c, "max_text_chars", 64 * spec.max_length)
     set_batching(c, spec)
     add_instances(c, CPU)
     add_warmup(c, "text", spec.warmup_batch, {"text": (mc.TYPE_STRING, [1], "text")})

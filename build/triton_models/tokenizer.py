@@ -2,7 +2,12 @@
 
 Version folder: model.py (this file) and tokenizer.json (the checkpoint's fast tokenizer, run by
 the `tokenizers` library). Parameters: max_length (default 128), pad_to_multiple_of (8),
-pad_token_id (0).
+pad_token_id (0), max_text_chars (default 64 x max_length).
+
+Each text is cut to max_text_chars characters before it is tokenized: the tokenizer reads a whole
+text before truncating it to max_length tokens (a 1 MB text took ~4 s here), so without the cap a
+request of long texts would hold the tokenizer, and every ensemble behind it, for minutes. At 64
+characters per token (English averages ~5) the cut falls far beyond the tokens that are kept.
 
 Padding is per execution, not per request and not fixed: all texts of every request that the
 dynamic batcher handed one execute() are padded together to the longest of them, rounded up to
@@ -38,6 +43,7 @@ class TritonPythonModel:
         self.max_length = int(params.get("max_length", "128"))
         self.multiple = int(params.get("pad_to_multiple_of", "8"))
         self.pad_token_id = int(params.get("pad_token_id", "0"))
+        self.max_chars = int(params.get("max_text_chars", str(64 * self.max_length)))
         path = Path(args["model_repository"]) / args["model_version"] / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(path))
         self.tokenizer.no_padding()  # we pad per execution, below
@@ -49,7 +55,7 @@ class TritonPythonModel:
         for i, request in enumerate(requests):
             try:
                 column = pb_utils.get_input_tensor_by_name(request, "text").as_numpy()  # (n, 1)
-                decoded = [decode(v) for v in column.reshape(-1)]
+                decoded = [decode(v)[:self.max_chars] for v in column.reshape(-1)]
             except Exception as e:
                 errors[i] = f"tokenizer: request {i} of this batch has an unreadable 'text' input: {e}"
                 continue
