@@ -74,6 +74,7 @@ class LoRALinear(nn.Linear):
         new = cls(linear.in_features, linear.out_features, cfg.r, cfg.alpha, cfg.dropout,
                   bias=linear.bias is not None)
         new.to(linear.weight.device, linear.weight.dtype)
+        new.train(linear.training)  # an adapter added to an eval() model must not start dropping out
         new.weight = linear.weight  # share, not copy: base names and values are untouched
         new.bias = linear.bias
         return new
