@@ -117,15 +117,19 @@ def test_cli_errors_are_one_line_and_exit_2(tiny, toy, tmp_path, capsys):
         assert not any(line.startswith("Traceback") for line in err)
 
 
-def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(tiny, toy, tmp_path):
+def test_report_to_a_tracker_that_is_not_installed_is_a_clear_error(tiny, toy, tmp_path, capsys):
     for name in ("wandb", "mlflow"):
         try:
             __import__(name)
             continue
         except ImportError:
             pass
-        with pytest.raises(trainer.TrainError, match=f"--report-to {name}: the `{name}` package is not installed"):
+        message = f"--report-to {name}: the `{name}` package is not installed"
+        with pytest.raises(trainer.TrainError, match=message):
             trainer.Reporter(name, tmp_path, {})
+        # the CLI says so before loading any data or model
+        assert cli(["fit", "--data", str(tmp_path / "absent.csv"), "--report-to", name, "--out", str(tmp_path)]) == 2
+        assert message in capsys.readouterr().err
 
 
 # ---- best epoch, resume, determinism ---------------------------------------------------------

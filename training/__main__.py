@@ -26,6 +26,7 @@ import numpy as np
 
 DEFAULT_LR_FULL = 5e-5
 DEFAULT_LR_LORA = 5e-4
+DEFAULT_LR_DISTILL = 1e-4
 
 
 def _csv_list(s: str) -> list[str]:
@@ -60,8 +61,8 @@ def add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULT_LR_FULL} full fine-tuning, "
-                                            f"{DEFAULT_LR_LORA} LoRA)")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: fit {DEFAULT_LR_FULL:g} full, "
+                                            f"{DEFAULT_LR_LORA:g} LoRA; distill {DEFAULT_LR_DISTILL:g})")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -191,10 +192,11 @@ def _summary(metrics: dict, out: Path) -> None:
 def cmd_fit(args) -> None:
     from training import lora as lora_lib
     from training.fetch import default_base_model
-    from training.trainer import TrainError, fit, prepare_model
+    from training.trainer import TrainError, check_report_to, fit, prepare_model
 
     out = Path(args.out)
     _check_out(out, args.resume)
+    check_report_to(args.report_to)
     base = Path(args.model) if args.model else default_base_model()
     _, parts = _prepare_split(args, out)
     lora = None
@@ -225,10 +227,11 @@ def cmd_fit(args) -> None:
 
 def cmd_distill(args) -> None:
     from training import distill
-    from training.trainer import TrainError, fit
+    from training.trainer import TrainError, check_report_to, fit
 
     out = Path(args.out)
     _check_out(out, args.resume)
+    check_report_to(args.report_to)
     teacher_dir = Path(args.teacher)
     teacher = distill.load_teacher(teacher_dir)
     # by default the student trains and is tested on the teacher run's own split
@@ -245,7 +248,7 @@ def cmd_distill(args) -> None:
     else:
         layers = args.student_layers or [0, teacher.config.num_hidden_layers - 1]
         student, what = distill.student_from_layers(teacher, layers), f"teacher layers {layers}"
-    lr = args.lr or 1e-4
+    lr = args.lr or DEFAULT_LR_DISTILL
     log.info(f"student: {what} ({student.num_parameters():,} parameters vs the teacher's "
              f"{teacher.num_parameters():,}), T {args.temperature:g}, mix {args.mix:g}, lr {lr:g}")
     run_info = {"method": "distillation", "teacher": str(teacher_dir), "student": what,

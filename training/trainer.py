@@ -149,34 +149,39 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: 
 
 
 # ---- experiment trackers ---------------------------------------------------------------------
+_TRACKER_HINTS = {"wandb": "pip install wandb, then `wandb login` or WANDB_MODE=offline",
+                  "mlflow": "pip install mlflow; MLFLOW_TRACKING_URI picks the server"}
+
+
+def check_report_to(kind: str):
+    """The tracker's module (None for none/tensorboard), or a clear error before any work is done."""
+    if kind not in REPORTERS:
+        raise TrainError(f"--report-to {kind!r}: expected one of {REPORTERS}")
+    if kind in _TRACKER_HINTS:
+        try:
+            return __import__(kind)
+        except ImportError:
+            raise TrainError(f"--report-to {kind}: the `{kind}` package is not installed ({_TRACKER_HINTS[kind]})") from None
+    return None
+
+
 class Reporter:
     """Sends scalars to TensorBoard (offline event files), Weights & Biases or MLflow."""
 
     def __init__(self, kind: str, out_dir: Path, config: dict):
-        if kind not in REPORTERS:
-            raise TrainError(f"--report-to {kind!r}: expected one of {REPORTERS}")
+        module = check_report_to(kind)
         self.kind, self.backend = kind, None
         if kind == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
             self.backend = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
             self.backend.add_text("config", json.dumps(config, indent=1, default=str))
         elif kind == "wandb":
-            try:
-                import wandb
-            except ImportError:
-                raise TrainError("--report-to wandb: the `wandb` package is not installed "
-                                 "(pip install wandb, then `wandb login` or WANDB_MODE=offline)") from None
-            self.backend = wandb.init(project=os.environ.get("WANDB_PROJECT", "bert-triton"), dir=str(out_dir),
-                                      name=out_dir.name, config=config, resume="allow")
+            self.backend = module.init(project=os.environ.get("WANDB_PROJECT", "bert-triton"), dir=str(out_dir),
+                                       name=out_dir.name, config=config, resume="allow")
         elif kind == "mlflow":
-            try:
-                import mlflow
-            except ImportError:
-                raise TrainError("--report-to mlflow: the `mlflow` package is not installed "
-                                 "(pip install mlflow; MLFLOW_TRACKING_URI picks the server)") from None
-            self.backend = mlflow
-            mlflow.start_run(run_name=out_dir.name)
-            mlflow.log_params({k: str(v)[:250] for k, v in config.items()})
+            self.backend = module
+            module.start_run(run_name=out_dir.name)
+            module.log_params({k: str(v)[:250] for k, v in config.items()})
 
     def log(self, scalars: dict, step: int) -> None:
         flat = {k: v for k, v in _flatten(scalars).items() if isinstance(v, (int, float)) and v is not None}
