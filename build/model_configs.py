@@ -192,6 +192,8 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         set_parameter(c, "threads", threads)          # 0 = every core of the machine
         set_parameter(c, "pad_token_id", spec.pad_token_id)
         set_parameter(c, "precision", precision)
+        if runtime == "python_onnxruntime":   # idle ORT threads sleep: the cores are shared
+            set_parameter(c, "allow_spinning", 0)
     if rt.platform == "pytorch_libtorch":
         set_parameter(c, "INFERENCE_MODE", "true")
     set_batching(c, spec)

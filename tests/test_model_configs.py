@@ -44,6 +44,9 @@ def test_gpu_runtimes_run_on_the_gpu_and_cpu_runtimes_in_python():
             assert c.default_model_filename == rt.model_file
         else:
             assert c.parameters["model_file"].string_value == rt.model_file
+            assert c.parameters["threads"].string_value == "0"
+    ort_cpu = mcfg.classifier_config(SPEC, "m", "python_onnxruntime")
+    assert ort_cpu.parameters["allow_spinning"].string_value == "0"
     assert mcfg.tokenizer_config(SPEC).instance_group[0].kind == mcfg.CPU
 
 

@@ -32,6 +32,9 @@ class TritonPythonModel:
         options.inter_op_num_threads = 1          # one graph at a time; parallelism is in the ops
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # spinning worker threads would steal the cores the tokenizer and postprocess need
+        spin = params.get("allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
         names = [i.name for i in self.session.get_inputs()]
