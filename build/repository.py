@@ -155,6 +155,25 @@ def inspect_onnx(path: Path, spec: ServingSpec) -> int:
     return types[outputs["logits"]]
 
 
+def plan_profile_problem(plan: Path, spec: ServingSpec) -> str | None:
+    """Why a TensorRT plan cannot serve this repository's shapes (from engines.json beside it), or None.
+
+    Triton refuses a plan whose optimization profile is smaller than max_batch_size, and a text
+    longer than the profile's max sequence would fail at run time.
+    """
+    record = plan.parent / "engines.json"
+    if not record.is_file():
+        return None   # built elsewhere: Triton itself checks the batch dimension at load
+    profile = json.loads(record.read_text()).get("profile", {})
+    if profile.get("max_batch", spec.max_batch_size) < spec.max_batch_size:
+        return (f"{plan} was built for batches up to {profile['max_batch']} < --max-batch-size "
+                f"{spec.max_batch_size} (rebuild the engines with --max-batch {spec.max_batch_size})")
+    if profile.get("max_seq", spec.max_length) < spec.max_length:
+        return (f"{plan} was built for sequences up to {profile['max_seq']} < max length {spec.max_length} "
+                f"(rebuild the engines with --max-seq {spec.max_length})")
+    return None
+
+
 def onnx_external_files(path: Path) -> list[Path]:
     """Files of a graph saved with external data (> 2 GB models): they travel with it."""
     import onnx
@@ -425,8 +444,11 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
     def torch_model():
         nonlocal model
         if model is None:
-            from training.model import BertForSequenceClassification
-            model = BertForSequenceClassification.from_pretrained(checkpoint).eval()
+            from training.model import BertForSequenceClassification, CheckpointError
+            try:
+                model = BertForSequenceClassification.from_pretrained(checkpoint).eval()
+            except (CheckpointError, ValueError) as err:
+                raise RepositoryError(str(err).splitlines()[0]) from None
         return model
 
     postprocess_types = set()
@@ -448,6 +470,9 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
                 continue
             if source.suffix == ".onnx":
                 logits_type = inspect_onnx(source, spec)
+            elif plan_profile_problem(source, spec):
+                skipped[e.ensemble] = plan_profile_problem(source, spec)
+                continue
 
         config = mcfg.classifier_config(spec, e.model, e.runtime, logits_type, threads, e.precision)
         staging = root / ".staging" / e.model   # artifact first: a skip must leave no model folder

@@ -227,6 +227,18 @@ def test_bad_inputs_name_the_problem(tiny, tmp_path):
     (no_tok / "config.json").write_text((ckpt / "config.json").read_text())
     with pytest.raises(repository.RepositoryError, match="no tokenizer.json"):
         repository.build_repository("cpu", no_tok, tmp_path / "r", log=quiet)
+    roberta = tmp_path / "roberta"
+    roberta.mkdir()
+    (roberta / "tokenizer.json").write_text((ckpt / "tokenizer.json").read_text())
+    (roberta / "config.json").write_text(json.dumps({"model_type": "roberta", "num_labels": 2}))
+    with pytest.raises(repository.RepositoryError, match="roberta.*BERT only"):
+        repository.build_repository("cpu", roberta, tmp_path / "r", log=quiet)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("tokenizer.json", "config.json"):
+        (broken / name).write_text((ckpt / name).read_text())
+    with pytest.raises(repository.RepositoryError, match="no model.safetensors"):
+        repository.build_repository("cpu", broken, tmp_path / "r", log=quiet)
     assert not (tmp_path / "r").exists()
 
 
@@ -264,3 +276,25 @@ def test_tabular_multi_label_repository(tmp_path):
     assert [(i.name, list(i.dims)) for i in model.input][-1] == ("features", [3])
     warm = np.frombuffer((out / "bert_pytorch_fp32_model" / "warmup" / "features").read_bytes(), "<f4")
     assert warm.tolist() == [10.0, 10.0, 10.0]    # the training means: a typical raw row
+
+
+def test_tensorrt_plans_are_configured_when_present(tiny, tmp_path):
+    """No TensorRT here: plan files stand in for trtexec output; their profile record is checked."""
+    ckpt, onnx_dir = tiny
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    for p in ("fp16", "int8"):
+        (engines / f"model_{p}.plan").write_bytes(b"plan bytes")
+    (engines / "engines.json").write_text(json.dumps({"profile": {"max_batch": 64, "max_seq": 128}}))
+    result = repository.build_repository("gpu", ckpt, tmp_path / "repo", onnx_dir=onnx_dir,
+                                         plan_dir=tmp_path, log=quiet)
+    assert {"bert_trt_fp16", "bert_trt_int8"} <= set(result.ensembles)
+    config = mcfg.parse_config((tmp_path / "repo" / "bert_trt_int8_model" / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan" and config.default_model_filename == "model.plan"
+    assert (tmp_path / "repo" / "bert_trt_int8_model" / "1" / "model.plan").read_bytes() == b"plan bytes"
+
+    (engines / "engines.json").write_text(json.dumps({"profile": {"max_batch": 32, "max_seq": 128}}))
+    result = repository.build_repository("gpu", ckpt, tmp_path / "repo", onnx_dir=onnx_dir,
+                                         plan_dir=tmp_path, log=quiet)
+    assert "bert_trt_fp16" not in result.ensembles
+    assert "batches up to 32 < --max-batch-size 64" in result.skipped["bert_trt_fp16"]
