@@ -1,4 +1,4 @@
-"""python -m training {fetch,fit,distill,bench}
+"""python -m training {fetch,fit,distill,bench,experiments}
 
     python -m training fetch
     python -m training fit --limit 5000 --epochs 2 --out artifacts/tweets            # MiniLM on the tweets
@@ -8,6 +8,7 @@
     python -m training fit --data train-sample.csv --tabular --out DIR                 # Stack Overflow
     python -m training distill --teacher artifacts/tweets/checkpoint --student-layers 0,5 --out DIR
     python -m training bench
+    python -m training experiments --out reports      # the reference study's tables (training/experiments.py)
 
 Errors print one line and exit with status 2; an interrupted run (Ctrl-C, SIGTERM) saves its state
 and exits with 130: rerun the same command with --resume.
@@ -116,6 +117,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are reported")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     b.add_argument("--skip-transformers", action="store_true", help="only the LoRA comparison")
+
+    from training import experiments
+    e = sub.add_parser("experiments", help="the reference study's grid of variants -> OUT/experiments.md")
+    experiments.add_arguments(e)
     return ap.parse_args(argv)
 
 
@@ -271,6 +276,11 @@ def cmd_bench(args) -> None:
     bench.main(args)
 
 
+def cmd_experiments(args) -> None:
+    from training import experiments
+    experiments.cmd_experiments(args)
+
+
 log = logging.getLogger("training")
 
 
@@ -285,7 +295,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
-    commands = {"fetch": cmd_fetch, "fit": cmd_fit, "distill": cmd_distill, "bench": cmd_bench}
+    commands = {"fetch": cmd_fetch, "fit": cmd_fit, "distill": cmd_distill, "bench": cmd_bench,
+                "experiments": cmd_experiments}
     try:
         commands[args.command](args)
     except (DataError, TrainError, ConfigError, CheckpointError, DistillError, FetchError) as e:
