@@ -66,7 +66,7 @@ def test_benchmark_discovers_only_bert_ensembles(tiny_served):
 
 def _perf_analyzer_runs():
     try:
-        from server.install import InstallError, perf_analyzer_env, perf_analyzer_path
+        from server.install import perf_analyzer_env, perf_analyzer_path
         exe, env = perf_analyzer_path(), perf_analyzer_env()
     except Exception as e:   # not installed, or its libraries missing
         return f"perf_analyzer is not installed ({e})"
