@@ -22,6 +22,7 @@ import tritonclient.http as httpclient
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_bert  # noqa: E402
+from procs import python_stubs  # noqa: E402
 
 from build import repository  # noqa: E402
 from clients.classify import Classifier, InferenceFailed  # noqa: E402
@@ -56,22 +57,6 @@ def expected_probabilities(checkpoint, text):
     model = BertForSequenceClassification.from_pretrained(checkpoint).eval()
     with torch.no_grad():
         return torch.softmax(model(ids, torch.ones_like(ids), torch.zeros_like(ids)).logits, -1)[0].numpy()
-
-
-def python_stubs(server_pid):
-    """{pid: model folder name} of the server's Python-backend stubs, read from /proc."""
-    stubs = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == server_pid and argv[0].endswith(b"triton_python_backend_stub"):
-            stubs[int(entry)] = Path(argv[1].decode()).parent.parent.name   # <repo>/<model>/<v>/model.py
-    return stubs
 
 
 class Traffic:
