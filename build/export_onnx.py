@@ -7,6 +7,7 @@ contract with the Triton model configs and the tokenizer model.
 from __future__ import annotations
 
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -33,8 +34,10 @@ def input_names(model: nn.Module) -> list[str]:
 
 def example_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, ...]:
     device = next(model.parameters()).device
-    ids = torch.randint(1000, 2000, (batch, seq), device=device)
-    ids[:, 0] = 101  # [CLS]
+    vocab = model.config.vocab_size
+    lo, hi = (1000, 2000) if vocab > 2000 else (1, vocab)  # ordinary word ids; tiny test vocabularies too
+    ids = torch.randint(lo, hi, (batch, seq), device=device)
+    ids[:, 0] = 101 if vocab > 101 else 0  # [CLS] in BERT's uncased vocabulary
     inputs = [ids, torch.ones_like(ids), torch.zeros_like(ids)]
     if model.config.num_tabular_features:
         inputs.append(torch.zeros(batch, model.config.num_tabular_features, device=device))
@@ -63,3 +66,139 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET) -> P
                               dynamo=False, do_constant_folding=True)
         tmp_path.replace(out_path)
     return out_path
+
+
+# ---- precision variants --------------------------------------------------------------------------
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def onnx_filename(precision: str) -> str:
+    return f"model_{precision}.onnx"
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
+    """fp32 ONNX -> fp16 ONNX whose inputs and `logits` output keep their fp32/int64 types.
+
+    Exporting a `.half()` model does not give a valid graph with this torch (the TorchScript
+    exporter's scaled_dot_product_attention builds its mask in fp32, so a LayerNormalization gets
+    fp32 and fp16 inputs), on CPU and GPU alike. So fp16 is a graph conversion of the verified fp32
+    export, done by the float16 converter that ships inside onnxruntime
+    (`onnxruntime.transformers.float16`, no extra package). Keeping the I/O types means every
+    precision has the same signature, so Triton configs differ only in the model file.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out_path = Path(out_path)
+    model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(out_path)
+    return out_path
+
+
+def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32", "int8"),
+                    quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
+                    opset: int = OPSET, log=print) -> dict[str, Path]:
+    """Write model_<precision>.onnx for each precision into `out_dir` (no verification here).
+
+    fp32 and fp16 come from the checkpoint (LoRA merged when an adapter is given); int8 from the
+    quantized model that `python -m build quantize` saved in `quantized_dir`.
+    """
+    from build.artifacts import BuildError, load_model
+
+    out_dir = Path(out_dir)
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise BuildError(f"unknown precision {bad}: choose from {PRECISIONS}")
+    if "int8" in precisions and quantized_dir is None:
+        raise BuildError("int8 needs the quantized model: pass --quantized DIR (output of `python -m build quantize`)")
+    paths: dict[str, Path] = {}
+    if "fp32" in precisions or "fp16" in precisions:
+        t0 = time.time()
+        paths["fp32"] = export_onnx(load_model(checkpoint, adapter), out_dir / onnx_filename("fp32"), opset)
+        log(f"exported fp32 -> {paths['fp32']} [{time.time() - t0:.0f}s]")
+    if "fp16" in precisions:
+        paths["fp16"] = convert_fp16(paths["fp32"], out_dir / onnx_filename("fp16"))
+        log(f"converted fp16 -> {paths['fp16']}")
+    if "int8" in precisions:
+        from build.quantize import load_quantized
+
+        t0 = time.time()
+        paths["int8"] = export_onnx(load_quantized(quantized_dir), out_dir / onnx_filename("int8"), opset)
+        log(f"exported int8 QDQ -> {paths['int8']} [{time.time() - t0:.0f}s]")
+    if "fp32" not in precisions:  # exported only as the source of fp16
+        paths.pop("fp32").unlink()
+    return paths
+
+
+def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("fp32", "int8"),
+               quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
+               max_length: int = 128, opset: int = OPSET, log=print) -> list:
+    """The `onnx` stage: export, verify every file against PyTorch fp32 on `test`, then swap `out_dir` in.
+
+    `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files and
+    build_report.{json,md}. A rejected build leaves `out_dir` as it was and writes its report to
+    `<out_dir>.rejected/` for inspection.
+    """
+    import json
+    import shutil
+
+    from build.artifacts import atomic_dir, copy_checkpoint_metadata
+    from build.verify import ParityError, raise_on_failure, verify_artifacts, write_report
+
+    out_dir = Path(out_dir)
+    quant_report = None
+    if "int8" in precisions and quantized_dir is not None and (Path(quantized_dir) / "quantize.json").exists():
+        quant_report = json.loads((Path(quantized_dir) / "quantize.json").read_text())
+    info = {"checkpoint": str(checkpoint), "adapter": str(adapter) if adapter else None,
+            "quantized": str(quantized_dir) if quantized_dir else None, "opset": opset,
+            "max_length": max_length, "held-out texts": len(test)}
+    rejected = out_dir.with_name(out_dir.name + ".rejected")
+    try:
+        with atomic_dir(out_dir) as tmp:
+            paths = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log)
+            results = verify_artifacts(checkpoint, paths, test, max_length, adapter=adapter, log=log)
+            for r in results:
+                r.path = str(out_dir / Path(r.path).name)
+            copy_checkpoint_metadata(checkpoint, tmp)
+            write_report(tmp, results, quant_report, info)
+            if not all(r.passed for r in results):
+                shutil.rmtree(rejected, ignore_errors=True)
+                rejected.mkdir(parents=True)
+                for name in ("build_report.json", "build_report.md"):
+                    shutil.copy2(tmp / name, rejected / name)
+            raise_on_failure(results)
+    except ParityError as e:
+        raise ParityError(f"{e} (nothing written to {out_dir}; report in {rejected})") from None
+    shutil.rmtree(rejected, ignore_errors=True)
+    return results
+
+
+# ---- command line: python -m build onnx ----------------------------------------------------------
+def add_arguments(p) -> None:
+    from build.artifacts import add_data_arguments
+
+    p.add_argument("--checkpoint", type=Path, required=True, help="fine-tuned checkpoint folder (the fp32 reference)")
+    p.add_argument("--adapter", type=Path, default=None, help="LoRA adapter file to merge first")
+    p.add_argument("--quantized", type=Path, default=None,
+                   help="output of `python -m build quantize` (default: quantized/ beside the checkpoint folder)")
+    p.add_argument("--precisions", default="fp32,int8", help=f"comma-separated, from {','.join(PRECISIONS)}")
+    p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically once verified)")
+    p.add_argument("--test-texts", type=int, default=None, help="verify on a random sample of N test texts (default: all)")
+    p.add_argument("--opset", type=int, default=OPSET)
+    add_data_arguments(p)
+
+
+def run(args) -> int:
+    from build.artifacts import BuildError, examples_from_args
+
+    precisions = tuple(p for p in args.precisions.split(",") if p)
+    if args.opset < 17:
+        raise BuildError(f"--opset {args.opset}: needs 17 or newer (LayerNormalization)")
+    quantized = args.quantized or (args.checkpoint.parent / "quantized")
+    test = examples_from_args(args, ["test"], args.test_texts)["test"]
+    results = build_onnx(args.checkpoint, args.out, test, precisions, quantized if "int8" in precisions else None,
+                         args.adapter, args.max_length, args.opset)
+    print(f"wrote {args.out}: " + ", ".join(f"{r.precision} ok" for r in results) + f"; report {args.out / 'build_report.md'}")
+    return 0

@@ -1,0 +1,231 @@
+"""Parity checks: an exported model is accepted only if it agrees with the PyTorch fp32 model on
+real held-out texts.
+
+For each ONNX file (run by ONNX Runtime on CPUExecutionProvider) against the PyTorch fp32 model on
+the same tokenized batches: max and mean |logit difference|, agreement of predicted labels,
+accuracy on the test texts and its recovery (accuracy / PyTorch fp32 accuracy). Limits:
+
+    fp32  max |dlogit| <= 1e-4     (the same arithmetic, other kernels)
+    fp16  max |dlogit| <= 1e-2
+    int8  recovery     >= 99%      (a floor that protects users; the build aims higher)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from build.artifacts import (BuildError, Encoder, Examples, accuracy, batches, markdown_table,
+                             predictions, write_text_atomic)
+
+LIMITS = {"fp32": ("max_abs_dlogit", 1e-4), "fp16": ("max_abs_dlogit", 1e-2), "int8": ("recovery", 0.99)}
+
+
+class ParityError(BuildError):
+    """An artifact that disagrees with the PyTorch fp32 model beyond its precision's limit."""
+
+
+@dataclasses.dataclass
+class Parity:
+    precision: str
+    path: str
+    texts: int
+    max_abs_dlogit: float
+    mean_abs_dlogit: float
+    agreement: float          # share of texts with the same predicted label as PyTorch fp32
+    accuracy: float
+    reference_accuracy: float  # PyTorch fp32 on the same texts
+    recovery: float
+    passed: bool
+    reason: str
+
+    def row(self) -> list:
+        return [self.precision, Path(self.path).name, self.texts, f"{self.max_abs_dlogit:.2e}",
+                f"{self.mean_abs_dlogit:.2e}", self.agreement, self.accuracy, f"{100 * self.recovery:.2f}%",
+                "PASS" if self.passed else "FAIL: " + self.reason]
+
+
+PARITY_HEADER = ["precision", "file", "texts", "max abs dlogit", "mean abs dlogit", "label agreement",
+                 "accuracy", "recovery vs PyTorch fp32", "verdict"]
+
+
+def ort_session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # a file that is not a loadable model
+        raise ParityError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
+
+
+def onnx_logits(path: str | Path, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
+    """Logits in the examples' order, over the same length-sorted batches as the PyTorch reference."""
+    from build.artifacts import length_sorted
+
+    sess = ort_session(path)
+    wanted = {i.name for i in sess.get_inputs()}
+    ordered, order = length_sorted(examples)
+    parts = [sess.run(["logits"], {k: v for k, v in feeds.items() if k in wanted})[0].astype(np.float32)
+             for feeds, _ in batches(ordered, encoder, batch_size)]
+    out = np.zeros((len(examples), parts[0].shape[-1] if parts else 0), np.float32)
+    if parts:
+        out[order] = np.concatenate(parts)
+    return out
+
+
+def torch_logits(model, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
+    from build.quantize import logits_of
+
+    return logits_of(model, examples, encoder, batch_size)
+
+
+def compare(precision: str, path: str | Path, logits: np.ndarray, reference: np.ndarray, labels,
+            multi_label: bool = False) -> Parity:
+    """Judge `logits` (from the artifact at `path`) against the PyTorch fp32 `reference` logits."""
+    if logits.shape != reference.shape:
+        return Parity(precision, str(path), len(reference), float("inf"), float("inf"), 0.0, 0.0,
+                      accuracy(predictions(reference, multi_label), labels), 0.0, False,
+                      f"logits shape {logits.shape} != PyTorch {reference.shape}")
+    diff = np.abs(logits.astype(np.float64) - reference)
+    pred, ref_pred = predictions(logits, multi_label), predictions(reference, multi_label)
+    acc, ref_acc = accuracy(pred, labels), accuracy(ref_pred, labels)
+    recovery = acc / ref_acc if ref_acc > 0 else float(acc == ref_acc)
+    metric, limit = LIMITS[precision]
+    result = Parity(precision, str(path), len(reference), float(diff.max()), float(diff.mean()),
+                    float((pred == ref_pred).mean()), acc, ref_acc, recovery, True, "")
+    value = getattr(result, metric)
+    ok = value <= limit if metric == "max_abs_dlogit" else value >= limit
+    if not np.isfinite(diff).all():
+        ok, value = False, float("nan")
+    if not ok:
+        result.passed = False
+        result.reason = (f"max |dlogit| {value:.3g} > {limit:g}" if metric == "max_abs_dlogit"
+                         else f"accuracy recovery {100 * value:.2f}% < {100 * limit:g}%")
+    return result
+
+
+def verify_artifacts(checkpoint: str | Path, artifacts: dict[str, str | Path], test: Examples,
+                     max_length: int = 128, batch_size: int = 32, adapter: str | Path | None = None,
+                     log=print) -> list[Parity]:
+    """Every artifact against the PyTorch fp32 model of `checkpoint` on the texts of `test`."""
+    from build.artifacts import load_model
+
+    if len(test) == 0:
+        raise BuildError("verification needs held-out texts (the split's 'test' part is empty)")
+    model = load_model(checkpoint, adapter)
+    encoder = Encoder(checkpoint, max_length)
+    t0 = time.time()
+    reference = torch_logits(model, test, encoder, batch_size).astype(np.float64)
+    log(f"PyTorch fp32 reference on {len(test)} held-out texts [{time.time() - t0:.0f}s]")
+    results = []
+    for precision, path in artifacts.items():
+        t0 = time.time()
+        r = compare(precision, path, onnx_logits(path, test, encoder, batch_size), reference, test.labels,
+                    model.config.multi_label)
+        log(f"  {precision}: max |dlogit| {r.max_abs_dlogit:.2e}, agreement {r.agreement:.4f}, accuracy "
+            f"{r.accuracy:.4f} vs {r.reference_accuracy:.4f} ({100 * r.recovery:.2f}%) "
+            f"{'PASS' if r.passed else 'FAIL: ' + r.reason} [{time.time() - t0:.0f}s]")
+        results.append(r)
+    return results
+
+
+def raise_on_failure(results: list[Parity]) -> None:
+    failed = [r for r in results if not r.passed]
+    if failed:
+        raise ParityError("; ".join(f"{Path(r.path).name} rejected: {r.reason} against PyTorch fp32 on "
+                                    f"{r.texts} held-out texts" for r in failed))
+
+
+# ---- the build report ----------------------------------------------------------------------------
+def write_report(out_dir: str | Path, results: list[Parity], quantize_report: dict | None = None,
+                 info: dict | None = None) -> tuple[Path, Path]:
+    """build_report.json and build_report.md: the sensitivity table (if quantized) and the parity table."""
+    from build.quantize import sensitivity_markdown
+
+    out_dir = Path(out_dir)
+    data = {"info": info or {}, "parity": [dataclasses.asdict(r) for r in results],
+            "limits": {k: {"metric": m, "limit": v} for k, (m, v) in LIMITS.items()},
+            "quantization": quantize_report}
+    md = ["# Build report", ""]
+    for k, v in (info or {}).items():
+        md.append(f"- {k}: {v}")
+    md += ["", "## Parity against PyTorch fp32 (ONNX Runtime, CPUExecutionProvider)", "",
+           markdown_table(PARITY_HEADER, [r.row() for r in results]),
+           "Limits: fp32 max |dlogit| <= 1e-4, fp16 <= 1e-2, int8 accuracy recovery >= 99%.", ""]
+    if quantize_report:
+        q = quantize_report
+        va = q["val_accuracy"]
+        md += ["## INT8 quantization (modelopt)", "",
+               f"- calibration: {q['calibration']['method']} on {q['calibration']['texts']} training texts"
+               + (f" (percentile {q['calibration']['percentile']})" if q['calibration'].get('percentile') else ""),
+               f"- quantizers: {q['quantizers']} (weights per-channel, activations per-tensor); kept in float: "
+               f"{q['kept_float_quantizers']} ({', '.join(q['disabled_groups']) or 'none'})",
+               f"- QAT: {q['qat']['steps']} steps at lr {q['qat']['learning_rate']:.2e}, batch {q['qat']['batch_size']}",
+               f"- groups kept in float, most sensitive first, until INT8 loses at most {q['threshold']:.4f} "
+               f"validation accuracy: " + (", ".join(f"{d['group']} -> {d['accuracy']:.4f}" for d in q.get('disable_steps', [])) or "none"),
+               f"- validation accuracy ({q['validation_texts']} texts): fp32 {va['fp32']:.4f}, all INT8 "
+               f"{va['int8_all']:.4f}, after disabling {va['int8_after_disable']:.4f}, after QAT {va['int8_after_qat']:.4f}",
+               "", "### Sensitivity (one group kept in float at a time)", "",
+               sensitivity_markdown(q["baseline"], q["sensitivity"], q["threshold"], q["disabled_groups"])]
+    json_path = write_text_atomic(out_dir / "build_report.json", json.dumps(data, indent=2) + "\n")
+    md_path = write_text_atomic(out_dir / "build_report.md", "\n".join(md) + "\n")
+    return json_path, md_path
+
+
+# ---- in-process throughput -----------------------------------------------------------------------
+def throughput(path: str | Path, examples: Examples, encoder: Encoder, batch_size: int = 32,
+               warmup: int = 2, threads: int | None = None) -> dict:
+    """Samples/s of ONNX Runtime on pre-tokenized real texts (each batch padded to its longest)."""
+    sess = ort_session(path, threads)
+    wanted = {i.name for i in sess.get_inputs()}
+    feeds = [{k: v for k, v in f.items() if k in wanted} for f, _ in batches(examples, encoder, batch_size)]
+    for f in feeds[:warmup]:
+        sess.run(["logits"], f)
+    t0 = time.perf_counter()
+    n = 0
+    for f in feeds:
+        sess.run(["logits"], f)
+        n += len(f["input_ids"])
+    dt = time.perf_counter() - t0
+    return {"file": str(path), "samples": n, "seconds": dt, "samples_per_s": n / dt, "batch_size": batch_size,
+            "mean_tokens": float(np.mean([f["attention_mask"].sum(1).mean() for f in feeds]))}
+
+
+# ---- command line: python -m build throughput ----------------------------------------------------
+def add_arguments(p) -> None:
+    from build.artifacts import add_data_arguments
+
+    p.add_argument("--onnx", type=Path, required=True, help="output folder of `python -m build onnx`")
+    p.add_argument("--checkpoint", type=Path, required=True, help="checkpoint folder (its split.json and labels)")
+    p.add_argument("--precisions", default="fp32,int8")
+    p.add_argument("--texts", type=int, default=1024, help="a random sample of N test texts (kept in file order)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: all cores)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    add_data_arguments(p)
+
+
+def run(args) -> int:
+    from build.artifacts import examples_from_args
+
+    test = examples_from_args(args, ["test"], args.texts)["test"]
+    encoder = Encoder(args.onnx if (args.onnx / "tokenizer.json").exists() else args.checkpoint, args.max_length)
+    rows = []
+    for precision in (p for p in args.precisions.split(",") if p):
+        path = args.onnx / f"model_{precision}.onnx"
+        if not path.exists():
+            raise BuildError(f"{path}: not found (run `python -m build onnx --precisions {precision}` first)")
+        r = throughput(path, test, encoder, args.batch_size, threads=args.threads)
+        r["precision"] = precision
+        rows.append(r)
+        print(f"{precision}: {r['samples_per_s']:.1f} samples/s ({r['samples']} texts, batch {args.batch_size}, "
+              f"{r['mean_tokens']:.1f} tokens per text on average)")
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
