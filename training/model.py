@@ -53,12 +53,14 @@ class BertEmbeddings(nn.Module):
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # a buffer, not torch.arange(T, device=...) in forward: a traced graph (TorchScript, ONNX)
+        # would bake the tracing device into arange, and a CPU-traced model would fail on a GPU
+        self.register_buffer("position_ids", torch.arange(config.max_position_embeddings), persistent=False)
 
     def forward(self, input_ids, token_type_ids):
         T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings(positions)  # (T, C) broadcasts over B
+        x = x + self.position_embeddings(self.position_ids[:T])  # (T, C) broadcasts over B
         return self.dropout(self.LayerNorm(x))
 
 
