@@ -134,7 +134,7 @@ def runs_on(clf: Classifier, ensemble: str) -> str:
 
 class InProcessOnnx:
     def __init__(self, onnx_path: Path, tokenizer_json: Path, max_length: int, label_names: list[str],
-                 multi_label: bool = False, threads: int = 0):
+                 multi_label: bool = False, threads: int = 0, chunk_rows: int = 0):
         import onnxruntime as ort
         from tokenizers import Tokenizer
         self.tok = Tokenizer.from_file(str(tokenizer_json))
@@ -151,13 +151,26 @@ class InProcessOnnx:
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.names, self.multi_label = label_names, multi_label
         self.onnx_path, self.max_length = onnx_path, max_length
+        self.chunk_rows = chunk_rows      # > 0: run length-sorted chunks, each padded to its own longest
 
     def infer(self, texts):
         enc = self.tok.encode_batch(texts)
         feed = {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-        logits = self.session.run(["logits"], {k: v for k, v in feed.items() if k in self.inputs})[0]
+        feed = {k: v for k, v in feed.items() if k in self.inputs}
+        if self.chunk_rows:
+            lengths = feed["attention_mask"].sum(1)
+            order = np.argsort(lengths, kind="stable")
+            parts = []
+            for j in range(0, len(order), self.chunk_rows):
+                rows = order[j:j + self.chunk_rows]
+                T = int(lengths[rows].max())
+                parts.append(self.session.run(["logits"], {k: v[rows, :T] for k, v in feed.items()})[0])
+            logits = np.empty((len(texts), parts[0].shape[1]), dtype=parts[0].dtype)
+            logits[order] = np.concatenate(parts)
+        else:
+            logits = self.session.run(["logits"], feed)[0]
         if self.multi_label:
             probs = 1 / (1 + np.exp(-logits))
             labels = [",".join(n for n, p in zip(self.names, row) if p >= 0.5) for row in probs]
@@ -335,7 +348,10 @@ def render_markdown(doc: dict) -> str:
         f"batch {m['batch_size']} (one request carrying {m['batch_size']} texts, requests back to back); "
         f"{m['rounds']} rounds with the backends interleaved, samples/s = median over rounds.",
         f"Hardware: {cpu} ({', '.join(hw['isa']) or 'no AVX2'})" + (f"; GPU: {', '.join(hw['gpus'])}" if hw["gpus"] else "")
-        + f". Matmul rate: {_fmt(m['matmul'].get('gflops'), '.1f')} GFLOP/s.",
+        + f". Matmul rate: {_fmt(m['matmul'].get('gflops'), '.1f')} GFLOP/s. Load average (1 min) before/after: "
+        f"{m['load_average'][0]:.2f}/{m['load_average'][1]:.2f}"
+        + (" - the machine was busy with other work: expect low, noisy figures." if max(m["load_average"]) >
+           hw["logical_cores"] + 2 else "."),
         "",
         "| Framework | Precision | Model | Samples/s | Speedup | p50 ms | p95 ms | p99 ms | Accuracy | Recovery "
         "| FLOP util. | Hardware |",
@@ -425,6 +441,7 @@ def plot(doc: dict, path: Path):
 # ------------------------------------------------------------------------------------------------
 
 def benchmark(args, log=print) -> dict:
+    load_before = os.getloadavg()[0]       # other work on the machine skews every figure: say so
     held = texts_from_args(args).take(args.limit)
     texts, truth = held.texts, held.labels
     if len(texts) < args.batch_size:
@@ -453,7 +470,7 @@ def benchmark(args, log=print) -> dict:
         if "onnx" in found and "tokenizer" in found:
             names = clients[models[0]].labels
             baseline = InProcessOnnx(found["onnx"], found["tokenizer"], found["max_length"], names, held.multi_label,
-                                     found.get("threads", 0))
+                                     found.get("threads", 0), args.in_process_chunk)
             backends[IN_PROCESS] = baseline.infer
         else:
             notes.append(f"in-process baseline skipped: no bert_onnx_fp32_model ONNX file and tokenizer.json "
@@ -473,6 +490,7 @@ def benchmark(args, log=print) -> dict:
     matmul_before = matmul_gflops(reps=args.matmul_reps)
     results = run_rounds(backends, per_round, texts, log)
     matmul_after = matmul_gflops(reps=args.matmul_reps)
+    load_after = os.getloadavg()[0]
     matmul = dict(matmul_before, gflops=statistics.median([matmul_before["gflops"], matmul_after["gflops"]]),
                   before_gflops=matmul_before["gflops"], after_gflops=matmul_after["gflops"])
 
@@ -504,7 +522,9 @@ def benchmark(args, log=print) -> dict:
     for name in backends:
         res = results[name]
         in_proc = name == IN_PROCESS
-        framework, precision = ("ONNX Runtime in-process (no Triton)", "FP32") if in_proc else describe(name)
+        framework, precision = (("ONNX Runtime in-process (no Triton)" + (
+            f", length-sorted chunks of {args.in_process_chunk}" if args.in_process_chunk else ""), "FP32")
+            if in_proc else describe(name))
         where = "CPU" if in_proc else runs_on(clf, name)
         sps = statistics.median(res["sps"])
         rows.append({
@@ -570,9 +590,12 @@ def benchmark(args, log=print) -> dict:
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": args.command_line,
             "url": clf.url, "protocol": args.protocol, "texts": len(texts), "text_source": held.source,
             "batch_size": args.batch_size, "rounds": rounds, "hardware": hw, "matmul": matmul, "flops": flops,
+            "load_average": [round(load_before, 2), round(load_after, 2)],
             "in_process": None if baseline is None else {"onnx": str(baseline.onnx_path),
                                                           "max_length": baseline.max_length,
-                                                          "padding": "longest text of each batch"},
+                                                          "padding": "longest text of each batch" if not
+                                                          baseline.chunk_rows else f"length-sorted chunks of "
+                                                          f"{baseline.chunk_rows} rows, each to its longest"},
             "notes": notes}
     return {"meta": meta, "rows": rows, "sweep": sweep, "targets": targets}
 
@@ -600,6 +623,9 @@ def add_arguments(p):
     p.add_argument("--sweep-texts", type=int, default=192, help="single-text requests per level per round")
     p.add_argument("--in-process", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="also time the same tokenizer + ONNX Runtime without Triton (default on)")
+    p.add_argument("--in-process-chunk", type=int, default=0, metavar="ROWS",
+                   help="in-process baseline: run each batch as length-sorted chunks of ROWS texts, each padded to "
+                        "its own longest (default 0: the whole batch padded to its longest text)")
     p.add_argument("--repository", default="model_repository", help="the served repository on disk (for the "
                    "in-process baseline's ONNX file and tokenizer)")
     p.add_argument("--checkpoint", help="checkpoint folder whose config.json gives the FLOP count "
