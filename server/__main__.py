@@ -6,6 +6,8 @@
     down        stop the background server and wait until its ports are free
     status      pid, ports, readiness and models of the background server (exit 0 ready, 1 not, 3 none)
     admin-key   print the key for the restricted APIs (header `triton-admin-key`)
+    rollout     load a rebuilt repository into a running server (explicit mode) with no failed
+                requests; `rollout --heal` reloads models whose Python stub died
 
 Ports and paths come from flags, else TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT /
 TRITON_HOST / TRITON_MODEL_REPOSITORY / TRITON_MODEL_CONTROL_MODE / TRITON_STATE_DIR, else defaults
@@ -134,6 +136,10 @@ def cmd_admin_key(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["rollout"]:  # its own parser: server/rollout.py
+        from server import rollout
+        return rollout.main(argv[1:])
     p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
