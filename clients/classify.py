@@ -228,16 +228,39 @@ class Classifier:
         return self._call(f"the metadata of {model!r}", self._client.get_model_metadata, model,
                           **({"as_json": True} if self.protocol == "grpc" else {}))
 
+    def _ready(self) -> bool:
+        try:
+            return bool(self._call("the readiness check", self._client.is_model_ready, self.model))
+        except UnknownModel:
+            return False
+
+    def _index_entry(self) -> dict | None:
+        """This model's row in the repository index, or None (absent, or no admin key to ask)."""
+        try:
+            return next((m for m in self.repository_index() if m["name"] == self.model), None)
+        except ClientError:
+            return None
+
+    def _wait_ready(self):
+        """Ready: go on. In the repository but (re)loading: wait with backoff. Otherwise fail at once."""
+        start = time.monotonic()
+        for attempt in range(self.retries + 1):
+            if self._ready():
+                return
+            entry = self._index_entry()
+            if entry is None or entry.get("state") not in ("LOADING", "UNLOADING") or attempt == self.retries:
+                break
+            time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
+        spent = time.monotonic() - start
+        state = f" (state {entry['state']}: {entry.get('reason') or 'no reason given'})" if entry else ""
+        waited = f" after {spent:.1f} s" if spent > 1 else ""
+        raise UnknownModel(f"model {self.model!r} is not loaded and ready on the server at {self.url}{state}{waited}; "
+                           f"{self._models_sentence()}")
+
     def _load(self):
         if self._info is not None:
             return self._info
-        try:
-            ready = self._call("the readiness check", self._client.is_model_ready, self.model)
-        except UnknownModel:
-            ready = False
-        if not ready:
-            raise UnknownModel(f"model {self.model!r} is not loaded and ready on the server at {self.url}; "
-                               f"{self._models_sentence()}")
+        self._wait_ready()
         cfg = self.model_config()
         inputs = {i["name"]: i for i in cfg.get("input", [])}
         outputs = {o["name"]: o for o in cfg.get("output", [])}
