@@ -201,6 +201,7 @@ def sensitivity(model: torch.nn.Module, val: Examples, encoder: Encoder, fp32_lo
 
     base = score(set())
     base["fp32_accuracy"] = accuracy(fp32_pred, val.labels)
+    base["texts"] = len(val)
     rows = []
     for name, (kind, members) in quantizer_groups(model).items():
         t0 = time.time()
@@ -249,7 +250,9 @@ def sensitivity_markdown(base: dict, rows: list[dict], threshold: float, disable
               "agreement with fp32", "mean abs dlogit", "decision"]
     table = [[r["group"], r["kind"], r["quantizers"], r["accuracy"], f"{r['gain']:+.4f}", r["agreement"],
               r["mean_abs_dlogit"], "keep float" if r["group"] in disabled else "INT8"] for r in rows]
-    return (f"Validation accuracy: fp32 {base['fp32_accuracy']:.4f}, every group INT8 {base['accuracy']:.4f} "
+    n = base.get("texts")
+    return ((f"{n} validation texts (one text = {1 / n:.4f} accuracy). " if n else "")
+            + f"Validation accuracy: fp32 {base['fp32_accuracy']:.4f}, every group INT8 {base['accuracy']:.4f} "
             f"(agreement with fp32 {base['agreement']:.4f}). Groups go back to float, the largest gain first, "
             f"while INT8 loses more than {threshold:.4f} against fp32 and the group's gain exceeds that.\n\n"
             + markdown_table(header, table))

@@ -31,7 +31,9 @@ def encoder(run):
     return Encoder(run / "checkpoint", 32)
 
 
-@pytest.mark.parametrize("method", CALIB_METHODS)
+# entropy's and mse's amax searches walk 2048-bin histograms per quantizer: ~1 min even for a tiny model
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) if m in ("entropy", "mse") else m
+                                    for m in CALIB_METHODS])
 def test_calibration_inserts_int8_quantizers_with_ranges(run, parts, encoder, method):
     model = load_model(run / "checkpoint")
     fp32 = logits_of(model, parts["val"], encoder)
@@ -50,7 +52,9 @@ def test_calibration_inserts_int8_quantizers_with_ranges(run, parts, encoder, me
     assert any(n.endswith("LayerNorm.input_quantizer") for n in qs)
     assert not any("word_embeddings" in n for n in qs)
     q = logits_of(model, parts["val"], encoder)
-    assert 0 < np.abs(q - fp32).max() < 0.5  # really quantized, still the same model
+    assert np.abs(q - fp32).max() > 0  # really quantized ...
+    agree = (predictions(q, False) == predictions(fp32, False)).mean()
+    assert agree >= 0.9, f"{method}: INT8 agrees with fp32 on {agree:.0%} of the texts"  # ... still the same model
 
 
 def test_percentile_clips_activation_ranges_below_max(run, parts, encoder):
