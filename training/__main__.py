@@ -93,7 +93,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--freeze", default="full", help="full | classifier | classifier+K | none (train nothing)")
     m.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: no LoRA)")
     m.add_argument("--lora-alpha", type=float, default=16.0)
-    m.add_argument("--lora-dropout", type=float, default=0.05)
+    m.add_argument("--lora-dropout", type=float, default=0.0,
+                   help="dropout on the adapters' input (default 0, as peft's; on CPU each one costs about "
+                        "as much as a dense layer: random numbers are slow)")
     m.add_argument("--lora-targets", type=_csv_list, default=["query", "value"], help="Linear names, e.g. query,value")
     m.add_argument("--lora-layers", default="all", help="all | lastN | firstN | 0,1,5")
     add_train_args(fit, "artifacts/run")
@@ -117,6 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are reported")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     b.add_argument("--skip-transformers", action="store_true", help="only the LoRA comparison")
+    b.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout of both LoRA runs (fit's default: 0)")
+    b.add_argument("--random-weights", action="store_true",
+                   help="random weights from the config alone (speed does not depend on the values)")
 
     from training import experiments
     e = sub.add_parser("experiments", help="the reference study's grid of variants -> OUT/experiments.md")

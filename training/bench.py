@@ -8,6 +8,10 @@ token ids, every position a real token), same optimizer (AdamW, foreach):
 2. our model: full fine-tuning vs LoRA r8 on query,value (every layer) vs LoRA r8 on the last 4 layers:
    time per step and the ratio to full fine-tuning.
 
+Where `peft` is installed (not in our venv), transformers + peft LoRA runs in the same rounds, for the
+ratio the reference study measured. `--random-weights` needs only a config.json (speed does not
+depend on the values).
+
 Models run in alternating rounds (the order rotates each round) so a slow spell on a shared machine
 hits all of them alike; each figure is the median over every timed step. The load average is printed
 because another process on the machine changes the figures.
@@ -81,7 +85,17 @@ def _transformers(config: BertConfig, state: dict):
     return m
 
 
+def _peft(model, dropout: float, layers=None):
+    """transformers + peft LoRA r8 on query,value (peft only where installed: not in our venv)."""
+    import peft
+
+    cfg = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=dropout, target_modules=["query", "value"],
+                          layers_to_transform=list(layers) if layers else None, modules_to_save=["classifier"])
+    return peft.get_peft_model(model, cfg)
+
+
 def main(args) -> None:
+    import importlib.util
     import warnings
 
     from training.fetch import default_base_model
@@ -92,24 +106,37 @@ def main(args) -> None:
     config = BertConfig.from_json_file(os.path.join(base, "config.json")).with_labels(["negative", "positive"])
     with warnings.catch_warnings():  # the fresh classifier is expected; fix it with a seed instead
         warnings.simplefilter("ignore")
-        ref = _ours(config, normalize_keys(read_state_dict(base)))
-    state = ref.state_dict()  # pretrained encoder + one seeded head, shared by every model below
+        weights = {} if args.random_weights else normalize_keys(read_state_dict(base))
+        if args.random_weights:  # speed does not depend on the values: a config alone is enough
+            torch.manual_seed(0)
+            weights = {k: v for k, v in BertForSequenceClassification(config).state_dict().items()
+                       if not k.startswith("classifier.")}
+        ref = _ours(config, weights)
+    state = ref.state_dict()  # pretrained (or random) encoder + one seeded head, shared by every model below
     batch = _batch(config, args.batch_size, args.seq_len)
     n_layers = config.num_hidden_layers
+    last4 = tuple(range(max(0, n_layers - 4), n_layers))
+    with_hf = not args.skip_transformers
+    with_peft = with_hf and importlib.util.find_spec("peft") is not None
 
     runners = [Runner("scratch full", ref, batch)]
-    if not args.skip_transformers:
+    if with_hf:
         runners.append(Runner("transformers (sdpa) full", _transformers(config, state), batch))
-    runners.append(Runner("scratch LoRA r8 query,value", _ours(config, state, lora_lib.LoRAConfig(r=8)), batch))
-    runners.append(Runner("scratch LoRA r8 last 4 layers",
-                          _ours(config, state, lora_lib.LoRAConfig(r=8, layers=tuple(range(n_layers - 4, n_layers)))),
+    drop = args.lora_dropout
+    runners.append(Runner("scratch LoRA r8 query,value", _ours(config, state, lora_lib.LoRAConfig(r=8, dropout=drop)),
                           batch))
+    runners.append(Runner("scratch LoRA r8 last 4 layers",
+                          _ours(config, state, lora_lib.LoRAConfig(r=8, dropout=drop, layers=last4)), batch))
+    if with_peft:
+        runners.append(Runner("transformers+peft LoRA r8 query,value", _peft(_transformers(config, state), drop), batch))
+        runners.append(Runner("transformers+peft LoRA r8 last 4", _peft(_transformers(config, state), drop, last4),
+                              batch))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs "
           f"({platform.processor() or platform.machine()}), batch {args.batch_size} x {args.seq_len} tokens, "
-          f"config {base}")
+          f"config {base}{' (random weights)' if args.random_weights else ''}, LoRA dropout {args.lora_dropout:g}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    if not args.skip_transformers:  # the comparison only means something if both compute the same thing
+    if with_hf:  # the comparison only means something if both compute the same thing
         with torch.no_grad():
             runners[0].model.eval(), runners[1].model.eval()
             a = runners[0].model(**batch).logits
@@ -132,10 +159,14 @@ def main(args) -> None:
     for r in runners:
         print(f"{r.name:<{width}}  {r.trainable:>11,}  {1e3 * r.median:>8.0f}  {args.batch_size / r.median:>9.2f}"
               f"  {r.median / full.median:>14.2f}x")
-    if not args.skip_transformers:
+    if with_hf:
         hf = runners[1]
         print(f"\nscratch vs transformers: {full.median / hf.median:.2f}x the time per step "
               f"({hf.median / full.median:.2f}x the samples/s); target: not slower (time ratio <= 1.00)")
-    lora_all, lora_last = runners[-2], runners[-1]
+    lora_all, lora_last = runners[2 if with_hf else 1], runners[3 if with_hf else 2]
     print(f"LoRA r8 query,value: {lora_all.median / full.median:.2f}x full (target <= 0.72; transformers+peft 0.79)")
     print(f"LoRA r8 last 4 layers: {lora_last.median / full.median:.2f}x full (target <= 0.58; transformers+peft 0.58)")
+    if with_peft:
+        hf = runners[1]
+        print(f"transformers+peft in this run: {runners[-2].median / hf.median:.2f}x and "
+              f"{runners[-1].median / hf.median:.2f}x transformers full")
