@@ -148,7 +148,7 @@ def _prepare_split(args, out: Path, default_split: Path | None = None):
     if reuse is not None:
         ds, parts = data.load_split(reuse)
         saved = json.loads(Path(reuse).read_text())
-        if reuse == split_file:  # resuming: the options that shaped the split must not have changed
+        if args.resume and reuse == split_file:  # resuming: the options that shaped the split must not change
             if (saved.get("limit") or None, saved.get("seed")) != (args.limit or None, args.seed) or (
                     args.data and data._portable(args.data) != saved.get("data")):
                 raise data.DataError(f"{split_file} was made from {saved.get('data')} with --limit {saved.get('limit')} "
@@ -164,8 +164,12 @@ def _prepare_split(args, out: Path, default_split: Path | None = None):
         idx = data.make_split(ds, args.seed)
         parts = {k: ds.subset(v) for k, v in idx.items()}
         data.save_split(split_file, ds, idx, args.seed, args.limit)
-    counts = " / ".join(f"{k} {v:,}" for k, v in ds.class_counts().items())
-    log.info(f"data: {ds.spec.path} ({ds.spec.kind}): {len(ds):,} texts ({counts}) -> "
+    per_class = {}
+    for part in parts.values():  # the texts this run uses (a reused split may cover part of the file)
+        for k, v in part.class_counts().items():
+            per_class[k] = per_class.get(k, 0) + v
+    counts = " / ".join(f"{k} {v:,}" for k, v in per_class.items())
+    log.info(f"data: {ds.spec.path} ({ds.spec.kind}): {sum(len(p) for p in parts.values()):,} texts ({counts}) -> "
              + ", ".join(f"{k} {len(v):,}" for k, v in parts.items()))
     return ds, parts
 
