@@ -15,6 +15,7 @@ REPO       ?= model_repository
 # Default job: LoRA r8 on the bundled MiniLM, binary tweets (negative vs positive), sized for ~20 min
 # on 2 CPU cores. FULL=1 trains on the whole dataset instead (see README for its duration).
 DATA       ?=
+MODEL      ?=
 DATASET    ?= $(if $(DATA),auto,tweets)
 LIMIT      ?= 6000
 EPOCHS     ?= 2
@@ -25,6 +26,7 @@ LIMIT      := 0
 RUN        := artifacts/full
 endif
 DATA_ARG   = $(if $(DATA),--data $(DATA),)
+MODEL_ARG  = $(if $(MODEL),--model $(MODEL),)
 LIMIT_ARG  = $(if $(filter-out 0,$(LIMIT)),--limit $(LIMIT),)
 PYTEST_ARGS ?=
 export PYTHONPATH := $(CURDIR)
@@ -60,7 +62,7 @@ fetch: $(VENV)/.installed ## default dataset (tweets) from the package registry 
 $(CHECKPOINT)/model.safetensors: | $(VENV)/.installed
 	@echo "==> [train] fine-tuning into $(RUN) (LIMIT=$(LIMIT), EPOCHS=$(EPOCHS), $(TRAIN_ARGS))"
 	$(PY) -m training fetch
-	$(PY) -m training fit --dataset $(DATASET) $(DATA_ARG) $(LIMIT_ARG) --epochs $(EPOCHS) \
+	$(PY) -m training fit --dataset $(DATASET) $(DATA_ARG) $(MODEL_ARG) $(LIMIT_ARG) --epochs $(EPOCHS) \
 	    $(TRAIN_ARGS) --out $(RUN) --resume
 
 train: $(CHECKPOINT)/model.safetensors ## fine-tune (skipped when the checkpoint exists)
