@@ -123,3 +123,18 @@ def test_repository_lookup_and_names(tmp_path):
     assert describe("bert_onnx_int8") == ("ONNX Runtime", "INT8")
     assert describe("bert_trt_fp16") == ("TensorRT", "FP16")
     assert find_in_repository(tmp_path) == {"max_length": 128}     # nothing there: nothing found
+
+
+@pytest.mark.server
+def test_in_process_baseline_chunks_give_the_same_logits(tiny_served):
+    import numpy as np
+    from clients.benchmark import InProcessOnnx
+    found = find_in_repository(tiny_served.repository)
+    assert found["onnx"].name == "model.onnx" and found["tokenizer"].name == "tokenizer.json"
+    assert found["max_length"] == 64 and found["config"].name == "config.json"
+    texts = held_out_texts(texts_file=tiny_served.texts_csv).texts[:20]
+    whole = InProcessOnnx(found["onnx"], found["tokenizer"], 64, ["negative", "positive"])
+    chunked = InProcessOnnx(found["onnx"], found["tokenizer"], 64, ["negative", "positive"], chunk_rows=3)
+    a, b = whole.infer(texts), chunked.infer(texts)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    assert a[2] == b[2] and whole.real_tokens(texts) == [len(t.split()) + 2 for t in texts]
