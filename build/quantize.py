@@ -5,9 +5,9 @@
       -> disable quantization where it costs more than a threshold -> short QAT fine-tune
       -> save (modelopt state + weights) so that ONNX export runs as its own stage
 
-Calibration methods. modelopt's own algorithms (`mtq.calibrate`) for INT8 are "max" (activation and
-weight ranges from their absolute max) and "mse" (max, then a search over weight ranges only). The
-classic activation methods "percentile", "entropy" and histogram "mse" come from modelopt's
+Calibration methods. modelopt's own algorithm (`mtq.calibrate`) for INT8 is "max" (activation and
+weight ranges from their absolute max). The classic activation methods "percentile" and "entropy"
+come from modelopt's
 HistogramCalibrator (`calibrator: "histogram"` on the input quantizers), whose ranges we load after
 the forward passes with `load_calib_amax(method)`; weights then keep per-channel max. All of them
 run on CPU (modelopt falls back to pure PyTorch fake quantization there).
@@ -29,7 +29,10 @@ import torch
 from build.artifacts import (BuildError, Encoder, Examples, accuracy, atomic_dir, batches,
                              copy_checkpoint_metadata, load_model, markdown_table, predictions)
 
-CALIB_METHODS = ("max", "percentile", "entropy", "mse")
+# Histogram "mse" is not offered: on the test suite's tiny BERT its activation ranges left INT8
+# agreeing with fp32 on ~54% of texts (chance), against >= 90% for the others. Re-add it with a
+# test once its ranges are understood.
+CALIB_METHODS = ("max", "percentile", "entropy")
 STATE_FILE = "modelopt_state.pth"   # mto.save(): the quantizer layout plus every weight and range
 REPORT_FILE = "quantize.json"
 
@@ -68,7 +71,7 @@ class QuantizeSettings:
 # ---- quantizer insertion and calibration ---------------------------------------------------------
 def quant_config(method: str) -> dict:
     """INT8_DEFAULT_CFG (per-channel weights, per-tensor activations), with a histogram calibrator
-    on activations for the percentile/entropy/mse methods. The classifier head stays quantized here;
+    on activations for the percentile/entropy methods. The classifier head stays quantized here;
     the sensitivity analysis decides about it like about any other group."""
     _, mtq = _mtq()
     cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
@@ -392,7 +395,7 @@ def add_arguments(p) -> None:
     add_data_arguments(p)
     d = QuantizeSettings()
     p.add_argument("--calib", choices=CALIB_METHODS, default=d.calib_method,
-                   help="activation ranges: max (modelopt's max algorithm), or percentile/entropy/mse over "
+                   help="activation ranges: max (modelopt's max algorithm), or percentile/entropy over "
                         "modelopt's histogram calibrator; weights always per-channel max")
     p.add_argument("--percentile", type=float, default=d.percentile, help="for --calib percentile")
     p.add_argument("--calib-texts", type=int, default=d.calib_texts, help="training texts for calibration")
