@@ -129,8 +129,10 @@ benchmark: ## per-backend table (samples/s, latency, accuracy) -> reports/benchm
 perf: ## NVIDIA perf_analyzer over a concurrency range -> reports/perf/
 	$(PY) -m clients perf --run $(RUN)
 
-load: ## bounded headless locust run -> reports/load/
-	$(PY) -m clients load --run $(RUN)
+USERS ?= 8
+DURATION ?= 30s
+load: ## bounded headless locust run (USERS=8 DURATION=30s) -> reports/load/
+	$(PY) -m clients load --run $(RUN) --users $(USERS) --duration $(DURATION)
 
 experiments: $(VENV)/.installed ## the reference study's tables on the offline default -> reports/experiments.md
 	$(PY) -m training fetch
