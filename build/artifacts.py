@@ -159,6 +159,7 @@ def atomic_dir(final: str | Path):
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; servers in containers may read it as another user
     try:
         yield tmp
     except BaseException:

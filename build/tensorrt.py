@@ -148,6 +148,7 @@ def build_engines(onnx_dir: str | Path, out_dir: str | Path, precisions=ENGINE_P
         raise FileNotFoundError(f"missing ONNX input(s) {missing}: run `python -m build onnx --precisions fp32,int8` first")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # readable by a Triton container running as another user
     built, record = {}, {"backend": backend[0], "tensorrt": backend[1], "profile": dataclasses.asdict(profile), "plans": {}}
     try:
         for precision, src in sources.items():
