@@ -21,6 +21,7 @@ LIMIT      ?= 6000
 EPOCHS     ?= 2
 TRAIN_ARGS ?= --lora-r 8 --lora-layers all
 CALIB      ?= 256
+SENS       ?= 512
 ifeq ($(FULL),1)
 LIMIT      := 0
 RUN        := artifacts/full
@@ -72,10 +73,10 @@ train: $(CHECKPOINT)/model.safetensors ## fine-tune (skipped when the checkpoint
 QUANT_DIR  := $(BUILD_DIR)/quantized
 ONNX_DIR   := $(BUILD_DIR)/onnx
 PLAN_DIR   := $(BUILD_DIR)/engines
-QUANT_ARGS ?= --calib-texts $(CALIB) --sensitivity-texts $(CALIB)
+QUANT_ARGS ?= --calib-texts $(CALIB) --sensitivity-texts $(SENS)
 
 $(QUANT_DIR)/quantize.json: $(CHECKPOINT)/model.safetensors
-	@echo "==> [quantize] INT8 QAT with modelopt ($(CALIB) calibration/sensitivity texts)"
+	@echo "==> [quantize] INT8 QAT with modelopt ($(CALIB) calibration, $(SENS) sensitivity texts)"
 	$(PY) -m build quantize --checkpoint $(CHECKPOINT) --out $(QUANT_DIR) $(QUANT_ARGS)
 
 quantize: $(QUANT_DIR)/quantize.json ## INT8 quantization-aware training (modelopt), sensitivity table
