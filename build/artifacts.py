@@ -165,14 +165,9 @@ def atomic_dir(final: str | Path):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    from training.model import replace_dir
+
+    replace_dir(tmp, final)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
