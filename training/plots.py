@@ -4,7 +4,8 @@ Each function takes the rows of experiments.json (see training/experiments.py) a
 - accuracy_vs_params: test accuracy (micro-F1 for multi-label) against trainable parameters, log x;
   baselines without trainable parameters are horizontal lines, not points at x = 0 (no log of 0);
 - val_loss: validation loss per epoch, one line per trained variant (mean over seeds);
-- seconds_per_epoch: training seconds per epoch per variant (bar = mean, whisker = min-max over seeds).
+- seconds_per_epoch: training seconds per epoch per trained variant (bar = mean, whisker = min-max over
+  seeds; the baselines' fit seconds are in the table).
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def val_loss(rows: list[dict], path: Path) -> Path:
 
 def seconds_per_epoch(rows: list[dict], path: Path) -> Path:
     plt = _pyplot()
-    timed = [r for r in _done(rows) if r["summary"].get("seconds_per_epoch")]
+    timed = [r for r in _done(rows) if r.get("kind") in ("fit", "distill") and r["summary"].get("seconds_per_epoch")]
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(timed), 2) + 1.2))
     names = [r["variant"] for r in timed]
     s = [r["summary"]["seconds_per_epoch"] for r in timed]
