@@ -45,6 +45,7 @@ FRAMEWORKS = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "trt": "TensorRT"}
 ORDER = ["bert_pytorch_fp32", "bert_pytorch_fp16", "bert_onnx_fp32", "bert_onnx_fp16", "bert_onnx_int8",
          "bert_trt_fp16", "bert_trt_int8"]
 IN_PROCESS = "in-process onnx fp32"
+CHUNK_PARAMETER = "sort_chunk_rows"   # config parameter of a served model that runs length-sorted chunks
 TARGETS = {"flop_utilisation": 0.60, "ensemble_vs_in_process": 0.90, "concurrency_vs_batch": 0.90,
            "int8_recovery": 0.995}
 
@@ -214,6 +215,8 @@ def find_in_repository(repo: Path, ensemble: str = "bert_onnx_fp32") -> dict:
         onnx = version / params.get("model_file", "model.onnx")
         if onnx.is_file():
             found["onnx"], found["threads"] = onnx, int(params.get("threads", "0") or 0)
+            # a served model that runs length-sorted chunks says so; the baseline then does the same
+            found["chunk_rows"] = int(params.get(CHUNK_PARAMETER, "0") or 0)
     version = _latest_version(repo / "tokenizer")
     if version is not None and (version / "tokenizer.json").is_file():
         found["tokenizer"] = version / "tokenizer.json"
@@ -472,8 +475,9 @@ def benchmark(args, log=print) -> dict:
     if args.in_process:
         if "onnx" in found and "tokenizer" in found:
             names = clients[models[0]].labels
+            chunk = found.get("chunk_rows", 0) if args.in_process_chunk is None else args.in_process_chunk
             baseline = InProcessOnnx(found["onnx"], found["tokenizer"], found["max_length"], names, held.multi_label,
-                                     found.get("threads", 0), args.in_process_chunk)
+                                     found.get("threads", 0), chunk)
             backends[IN_PROCESS] = baseline.infer
         else:
             notes.append(f"in-process baseline skipped: no bert_onnx_fp32_model ONNX file and tokenizer.json "
@@ -526,7 +530,7 @@ def benchmark(args, log=print) -> dict:
         res = results[name]
         in_proc = name == IN_PROCESS
         framework, precision = (("ONNX Runtime in-process (no Triton)" + (
-            f", length-sorted chunks of {args.in_process_chunk}" if args.in_process_chunk else ""), "FP32")
+            f", length-sorted chunks of {baseline.chunk_rows}" if baseline.chunk_rows else ""), "FP32")
             if in_proc else describe(name))
         where = "CPU" if in_proc else runs_on(clf, name)
         sps = statistics.median(res["sps"])
@@ -626,9 +630,10 @@ def add_arguments(p):
     p.add_argument("--sweep-texts", type=int, default=192, help="single-text requests per level per round")
     p.add_argument("--in-process", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="also time the same tokenizer + ONNX Runtime without Triton (default on)")
-    p.add_argument("--in-process-chunk", type=int, default=0, metavar="ROWS",
+    p.add_argument("--in-process-chunk", type=int, metavar="ROWS",
                    help="in-process baseline: run each batch as length-sorted chunks of ROWS texts, each padded to "
-                        "its own longest (default 0: the whole batch padded to its longest text)")
+                        f"its own longest; 0: the whole batch padded to its longest text (default: as the served "
+                        f"bert_onnx_fp32_model does, its `{CHUNK_PARAMETER}` parameter, else 0)")
     p.add_argument("--repository", default="model_repository", help="the served repository on disk (for the "
                    "in-process baseline's ONNX file and tokenizer)")
     p.add_argument("--checkpoint", help="checkpoint folder whose config.json gives the FLOP count "
