@@ -435,6 +435,7 @@ def plot(doc: dict, path: Path):
             ax.axhline(sw["batch_samples_per_s"], color="gray", ls="--", label=f"batch {doc['meta']['batch_size']}")
         ax.set_xscale("log", base=2)
         ax.set_xticks(xs, [str(x) for x in xs])
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrent requests")
         ax.set_ylabel("samples/s")
         ax.set_title(f"Dynamic batching: {sw['model']}")
