@@ -68,9 +68,15 @@ def server_memory(port: int) -> dict | None:
         return None
     try:
         main = server.memory_info().rss
-        stubs = {p.pid: p.memory_info().rss for p in children if p.is_running()}
     except psutil.NoSuchProcess:
         return None
+    stubs = {}
+    for p in children:  # a stub that died (or a zombie not yet reaped) holds no memory: skip it, count the rest
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                stubs[p.pid] = p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
     mib = 1024 * 1024
     return {"pid": server.pid, "tritonserver_mib": main / mib, "stubs": len(stubs),
             "stubs_mib": sum(stubs.values()) / mib, "total_mib": (main + sum(stubs.values())) / mib}

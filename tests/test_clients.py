@@ -159,3 +159,32 @@ def test_server_failure_is_reported_not_retried_forever(tiny_served):
     with pytest.raises(InferenceFailed, match="batch-size must be <= 64"):
         clf.infer(["x"] * 65)
     assert time.monotonic() - start < 5
+
+
+@pytest.mark.server
+def test_dead_stub_is_retried_then_reported_with_the_recovery(tiny_served, tmp_path):
+    """A Python stub killed under the server: the client retries with backoff, then says what to do."""
+    import shutil
+
+    import psutil
+
+    from server.testing import running_server
+    repo = tmp_path / "repo"
+    for name in ("tokenizer", "postprocess", "bert_onnx_fp32", "bert_onnx_fp32_model"):
+        shutil.copytree(tiny_served.repository / name, repo / name)
+    with running_server(repo, tmp_path / "state", timeout=300) as server:
+        clf = Classifier(server.http_url, "http", model="bert_onnx_fp32", retries=2, backoff=0.1)
+        assert len(clf.classify(TEXTS[:2])) == 2
+        stubs = [p for p in psutil.Process(server.pid).children(recursive=True)
+                 if "bert_onnx_fp32_model" in " ".join(p.cmdline())]
+        assert len(stubs) == 1
+        stubs[0].kill()
+        deadline = time.monotonic() + 10          # dead: gone, or a zombie its parent has not reaped yet
+        while stubs[0].is_running() and stubs[0].status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        start = time.monotonic()
+        with pytest.raises(InferenceFailed) as e:
+            clf.classify(TEXTS[:2])
+        assert time.monotonic() - start < 10
+        msg = str(e.value)
+        assert "3 attempts" in msg and "not healthy" in msg and "reload the model" in msg and server.http_url in msg
