@@ -30,6 +30,11 @@ TOKENIZER = "tokenizer"
 POSTPROCESS = "postprocess"
 
 
+# Python-backend classifiers run each batch as length-sorted chunks of this many rows, each trimmed
+# to its own longest text (build/triton_models/batching.py); 0 runs the batch whole.
+DEFAULT_CHUNK_ROWS = 8
+
+
 @dataclasses.dataclass(frozen=True)
 class ServingSpec:
     """What every config of one repository shares (read from the checkpoint + build options)."""
@@ -178,7 +183,8 @@ def postprocess_config(spec: ServingSpec, logits_type: int = mc.TYPE_FP32,
 
 
 def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: int = mc.TYPE_FP32,
-                      threads: int = 0, precision: str = "fp32") -> mc.ModelConfig:
+                      threads: int = 0, precision: str = "fp32",
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> mc.ModelConfig:
     """A composing model: token ids (+ features) -> `logits` (B, num_labels), on `runtime`."""
     rt = RUNTIMES[runtime]
     c = new_config(name, spec, backend=rt.backend, platform=rt.platform)
@@ -192,6 +198,7 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         set_parameter(c, "threads", threads)          # 0 = every core of the machine
         set_parameter(c, "pad_token_id", spec.pad_token_id)
         set_parameter(c, "precision", precision)
+        set_parameter(c, "sort_chunk_rows", chunk_rows)   # batching.run_sorted_chunks: less padding
         if runtime == "python_onnxruntime":   # idle ORT threads sleep: the cores are shared
             set_parameter(c, "allow_spinning", 0)
     if rt.platform == "pytorch_libtorch":

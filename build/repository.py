@@ -399,13 +399,16 @@ def _remove_stale_temps(out: Path) -> None:
 def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT / "model_repository",
                      onnx_dir: str | Path | None = None, plan_dir: str | Path | None = None,
                      max_length: int | None = None, max_batch_size: int = 64, queue_delay_us: int = 100,
-                     threads: int = 0, version: int | None = None, log=print) -> BuildResult:
+                     threads: int = 0, version: int | None = None, log=print,
+                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS) -> BuildResult:
     if target not in TARGETS:
         raise RepositoryError(f"--target {target!r}: expected one of {TARGETS}")
     checkpoint, out = Path(checkpoint), Path(out)
     onnx_dir = Path(onnx_dir) if onnx_dir else None
     plan_dir = Path(plan_dir) if plan_dir else onnx_dir
-    for flag, d in (("--checkpoint", checkpoint), ("--onnx-dir", onnx_dir), ("--plan-dir", plan_dir)):
+    # a missing --plan-dir is not an error: the CPU target uses no plans, and on the GPU target each
+    # ensemble whose plan is absent is skipped with the path it was looked for in (make engines first)
+    for flag, d in (("--checkpoint", checkpoint), ("--onnx-dir", onnx_dir)):
         if d is not None and not d.is_dir():
             raise RepositoryError(f"{flag} {d}: no such folder")
     tokenizer_json = checkpoint / "tokenizer.json"
@@ -421,7 +424,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        result = _assemble(tmp, target, checkpoint, spec, onnx_dir, plan_dir, threads, version, log)
+        result = _assemble(tmp, target, checkpoint, spec, onnx_dir, plan_dir, threads, version, log, chunk_rows)
         if (out / "README.md").is_file():      # the tracked README lives inside model_repository/
             shutil.copy2(out / "README.md", tmp / "README.md")
         swap_in(tmp, out)
@@ -434,7 +437,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
 
 
 def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx_dir, plan_dir,
-              threads: int, version: int, log) -> BuildResult:
+              threads: int, version: int, log, chunk_rows: int) -> BuildResult:
     from training.config import BertConfig
     warmup = warmup_tensors(checkpoint / "tokenizer.json", spec,
                             BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
@@ -474,7 +477,7 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
                 skipped[e.ensemble] = plan_profile_problem(source, spec)
                 continue
 
-        config = mcfg.classifier_config(spec, e.model, e.runtime, logits_type, threads, e.precision)
+        config = mcfg.classifier_config(spec, e.model, e.runtime, logits_type, threads, e.precision, chunk_rows)
         staging = root / ".staging" / e.model   # artifact first: a skip must leave no model folder
         staging.mkdir(parents=True)
         try:
@@ -551,6 +554,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
     p.add_argument("--version", type=int, help="version folder number (default: previous + 1)")
+    p.add_argument("--sort-chunk-rows", type=int, default=mcfg.DEFAULT_CHUNK_ROWS,
+                   help="CPU Python models run each batch as length-sorted chunks of this many rows, "
+                        f"each trimmed to its longest text (0 = whole batch; default {mcfg.DEFAULT_CHUNK_ROWS})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -558,7 +564,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
                          args.max_length, args.max_batch_size, args.queue_delay_us,
-                         args.threads, args.version)
+                         args.threads, args.version, chunk_rows=args.sort_chunk_rows)
     except RepositoryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

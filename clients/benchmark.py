@@ -14,7 +14,8 @@ test split the training run saved):
     training.model.flops_per_token; the matmul rate is a torch 2048x2048 fp32 matmul (median of
     several) measured in the same run;
   - an in-process baseline: the same tokenizer (padding each batch to its longest text) and ONNX
-    Runtime on the same ONNX file without Triton, so the report shows what serving costs;
+    Runtime on the same ONNX file, run in the same length-sorted chunks as the served model
+    (batching.run_sorted_chunks, the config's sort_chunk_rows), without Triton: what serving costs;
   - a concurrency sweep: single-text requests at concurrency 1..16 against one ensemble, showing
     what the dynamic batcher does (its samples/s against the batch-32 figure).
 The texts are split into rounds; each round runs every backend on the same texts, one after the
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from build.triton_models.batching import run_sorted_chunks   # what a served model runs, reused here
 from clients.classify import PROTOCOLS, Classifier, ClientError
 from clients.texts import add_text_arguments, texts_from_args
 
@@ -163,18 +165,7 @@ class InProcessOnnx:
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
         feed = {k: v for k, v in feed.items() if k in self.inputs}
-        if self.chunk_rows:
-            lengths = feed["attention_mask"].sum(1)
-            order = np.argsort(lengths, kind="stable")
-            parts = []
-            for j in range(0, len(order), self.chunk_rows):
-                rows = order[j:j + self.chunk_rows]
-                T = int(lengths[rows].max())
-                parts.append(self.session.run(["logits"], {k: v[rows, :T] for k, v in feed.items()})[0])
-            logits = np.empty((len(texts), parts[0].shape[1]), dtype=parts[0].dtype)
-            logits[order] = np.concatenate(parts)
-        else:
-            logits = self.session.run(["logits"], feed)[0]
+        logits = run_sorted_chunks(lambda b: self.session.run(["logits"], b)[0], feed, self.chunk_rows)
         if self.multi_label:
             probs = 1 / (1 + np.exp(-logits))
             labels = [",".join(n for n, p in zip(self.names, row) if p >= 0.5) for row in probs]

@@ -246,11 +246,16 @@ def test_cli_builds_a_repository(tiny, tmp_path, capsys):
     ckpt, onnx_dir = tiny
     out = tmp_path / "cli_repo"
     with pytest.raises(SystemExit) as done:
+        # as `make repository` calls it before any `make engines`: the plan folder does not exist yet
         repository.main(["--target", "cpu", "--checkpoint", str(ckpt), "--onnx-dir", str(onnx_dir),
-                         "--out", str(out), "--max-length", "32"])
+                         "--plan-dir", str(tmp_path / "engines"), "--out", str(out), "--max-length", "32",
+                         "--sort-chunk-rows", "4"])
     assert done.value.code == 0 and "bert_onnx_int8" in capsys.readouterr().out
     params = mcfg.parse_config((out / "tokenizer" / "config.pbtxt").read_text()).parameters
     assert params["max_length"].string_value == "32"
+    for model in ("bert_onnx_fp32_model", "bert_pytorch_fp32_model"):
+        params = mcfg.parse_config((out / model / "config.pbtxt").read_text()).parameters
+        assert params["sort_chunk_rows"].string_value == "4"
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):

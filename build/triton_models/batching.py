@@ -70,6 +70,32 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
     return batch, rows, errors
 
 
+def run_sorted_chunks(run, batch, chunk_rows):
+    """Logits of `batch` from `run(sub_batch)`, run on length-sorted chunks of `chunk_rows` rows.
+
+    One batch is padded to its longest text, so on short, uneven texts (tweets) most of its matmul
+    work is padding. Sorted by real length and cut into chunks, each chunk is trimmed to its own
+    longest text and wastes little; rows come back in the caller's order. chunk_rows <= 0, or a
+    batch no larger than one chunk, runs the batch as it came. Shared by the served models and the
+    benchmark's in-process baseline.
+    """
+    n = len(batch["input_ids"])
+    if chunk_rows <= 0 or n <= chunk_rows:
+        return run(batch)
+    mask = batch["attention_mask"]
+    # each row's extent: one past its last real token (robust to any padding side)
+    extent = np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1), 1)
+    order = np.argsort(extent, kind="stable")
+    parts = []
+    for start in range(0, n, chunk_rows):
+        rows = order[start:start + chunk_rows]
+        T = int(extent[rows].max())
+        parts.append(run({k: (v[rows, :T] if k in TEXT_INPUTS else v[rows]) for k, v in batch.items()}))
+    out = np.empty((n,) + parts[0].shape[1:], dtype=parts[0].dtype)
+    out[order] = np.concatenate(parts)
+    return out
+
+
 def split(outputs, rows, errors):
     """Cut batch outputs (dict name -> (N, ...) array) back into one dict per request.
 

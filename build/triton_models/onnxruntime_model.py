@@ -2,7 +2,8 @@
 
 The Triton server from PyPI has no onnxruntime backend, so on CPU the ONNX graph runs here.
 Version folder: model.py (this file), batching.py, model.onnx. Parameters (config.pbtxt):
-model_file (default model.onnx), threads (intra-op threads, 0 = every core), pad_token_id.
+model_file (default model.onnx), threads (intra-op threads, 0 = every core), pad_token_id,
+sort_chunk_rows (> 0: run each batch as length-sorted chunks of that many rows; see batching.py).
 Inputs input_ids, attention_mask, token_type_ids (int64, (B, T)) [+ features (B, k)];
 output logits (B, num_labels) float32.
 """
@@ -44,8 +45,9 @@ class TritonPythonModel:
         if names != expected:
             raise pb_utils.TritonModelException(f"{path}: graph inputs {names}, expected {expected}")
         self.pad_token_id = int(params.get("pad_token_id", "0"))
+        self.chunk_rows = int(params.get("sort_chunk_rows", "0") or 0)
         pb_utils.Logger.log_info(f"{args['model_name']}: ONNX Runtime {ort.__version__} on {path.name}, "
-                                 f"{threads} intra-op threads")
+                                 f"{threads} intra-op threads, length-sorted chunks of {self.chunk_rows or 'all'} rows")
 
     def execute(self, requests):
         def read(request, name):
@@ -56,7 +58,8 @@ class TritonPythonModel:
         outputs = {}
         if batch is not None:
             try:
-                logits = self.session.run(["logits"], batch)[0]
+                logits = batching.run_sorted_chunks(lambda b: self.session.run(["logits"], b)[0],
+                                                    batch, self.chunk_rows)
                 outputs = {"logits": logits.astype(np.float32, copy=False)}
             except Exception as e:  # the whole batch failed: every request hears why
                 errors = [err or f"ONNX Runtime failed on a batch of {len(batch['input_ids'])}: {e}"

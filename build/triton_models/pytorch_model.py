@@ -5,7 +5,8 @@ written by the build with our own save_pretrained) and training/ (a snapshot of 
 training/config.py and training/model.py taken at build time). The snapshot makes the
 repository self-contained: the server needs no checkout of this project on its path, and a
 later edit of training/ cannot change a model that is already deployed.
-Parameters: threads (torch intra-op threads, 0 = every core), pad_token_id, precision (fp32).
+Parameters: threads (torch intra-op threads, 0 = every core), pad_token_id, precision (fp32),
+sort_chunk_rows (> 0: run each batch as length-sorted chunks of that many rows; see batching.py).
 """
 import json
 import os
@@ -45,6 +46,7 @@ class TritonPythonModel:
         self.model = BertForSequenceClassification.from_pretrained(folder).eval()
         self.num_features = self.model.config.num_tabular_features
         self.pad_token_id = int(params.get("pad_token_id", "0"))
+        self.chunk_rows = int(params.get("sort_chunk_rows", "0") or 0)
         pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, {threads} threads, "
                                  f"{self.model.num_parameters():,} parameters")
 
@@ -57,11 +59,13 @@ class TritonPythonModel:
         outputs = {}
         if batch is not None:
             try:
-                with torch.inference_mode():
-                    x = {k: torch.from_numpy(v) for k, v in batch.items()}
-                    logits = self.model(x["input_ids"], x["attention_mask"], x["token_type_ids"],
-                                        features=x.get("features")).logits
-                outputs = {"logits": logits.float().numpy().astype(np.float32, copy=False)}
+                def run(b):
+                    x = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in b.items()}
+                    with torch.inference_mode():
+                        return self.model(x["input_ids"], x["attention_mask"], x["token_type_ids"],
+                                          features=x.get("features")).logits.float().numpy()
+                logits = batching.run_sorted_chunks(run, batch, self.chunk_rows)
+                outputs = {"logits": logits.astype(np.float32, copy=False)}
             except Exception as e:
                 errors = [err or f"PyTorch failed on a batch of {len(batch['input_ids'])}: {e}"
                           for err in errors]

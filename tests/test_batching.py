@@ -1,0 +1,69 @@
+"""build/triton_models/batching.py: one batch from many requests, and length-sorted chunks."""
+import numpy as np
+import pytest
+
+from build.triton_models.batching import gather, run_sorted_chunks, split
+
+
+def _batch(lengths, T, left_padded=False, seed=0):
+    rng = np.random.default_rng(seed)
+    n = len(lengths)
+    ids = np.zeros((n, T), dtype=np.int64)
+    mask = np.zeros((n, T), dtype=np.int64)
+    for i, L in enumerate(lengths):
+        cols = slice(T - L, T) if left_padded else slice(0, L)
+        ids[i, cols] = rng.integers(1, 1000, L)
+        mask[i, cols] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def _model(calls):
+    """A stand-in whose row output depends on that row's real tokens only, and records shapes."""
+    def run(b):
+        calls.append(b["input_ids"].shape)
+        ids, mask = b["input_ids"], b["attention_mask"]
+        return np.stack([(ids * mask).sum(1), mask.sum(1)], axis=1).astype(np.float32)
+    return run
+
+
+@pytest.mark.parametrize("left_padded", [False, True])
+def test_sorted_chunks_give_the_whole_batch_result_in_order_with_less_padding(left_padded):
+    lengths = [5, 40, 7, 12, 3, 33, 9, 21, 6, 18]
+    batch = _batch(lengths, 48, left_padded)
+    whole_calls, chunk_calls = [], []
+    whole = run_sorted_chunks(_model(whole_calls), batch, 0)
+    chunked = run_sorted_chunks(_model(chunk_calls), batch, 4)
+    np.testing.assert_array_equal(chunked, whole)
+    np.testing.assert_array_equal(chunked[:, 1], lengths)       # rows back in the caller's order
+    assert whole_calls == [(10, 48)]
+    if not left_padded:  # right padding: each chunk trimmed to its own longest text
+        assert chunk_calls == [(4, 7), (4, 21), (2, 40)]
+    else:                # left padding: extents reach the end, nothing to trim, still correct
+        assert [c[0] for c in chunk_calls] == [4, 4, 2]
+    padded = sum(r * t for r, t in chunk_calls)
+    assert left_padded or padded < 0.5 * 10 * 48
+
+
+def test_a_batch_no_larger_than_a_chunk_runs_as_it_came():
+    batch = _batch([3, 5], 16)
+    calls = []
+    run_sorted_chunks(_model(calls), batch, 8)
+    assert calls == [(2, 16)]
+
+
+def test_features_follow_their_rows():
+    batch = _batch([9, 2, 5], 12)
+    batch["features"] = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    out = run_sorted_chunks(lambda b: b["features"] * 10 + b["attention_mask"].sum(1, keepdims=True), batch, 1)
+    np.testing.assert_array_equal(out[:, 0], [19.0, 22.0, 35.0])
+
+
+def test_gather_pads_requests_to_one_length_and_isolates_a_bad_one():
+    good1, good2 = _batch([3], 4), _batch([6, 2], 8)
+    bad = dict(_batch([2], 4), token_type_ids=np.zeros((1, 5), dtype=np.int64))
+    requests = [good1, bad, good2]
+    batch, rows, errors = gather(requests, lambda r, name: r.get(name), pad_token_id=0)
+    assert batch["input_ids"].shape == (3, 8) and rows == [1, 0, 2]
+    assert errors[0] is None and errors[2] is None and "request 1" in errors[1] and "token_type_ids" in errors[1]
+    parts = split({"logits": np.arange(3)}, rows, errors)
+    assert list(parts[0]["logits"]) == [0] and isinstance(parts[1], str) and list(parts[2]["logits"]) == [1, 2]
