@@ -83,9 +83,10 @@ quantize: $(QUANT_DIR)/quantize.json ## INT8 quantization-aware training (modelo
 
 $(ONNX_DIR)/build_report.json: $(QUANT_DIR)/quantize.json
 	@echo "==> [onnx] export fp32 + int8 QDQ, each verified against PyTorch on held-out texts"
-	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --quantized $(QUANT_DIR) --precisions $(PRECISIONS) --out $(ONNX_DIR)
+	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --quantized $(QUANT_DIR) --precisions $(PRECISIONS) --out $(ONNX_DIR) $(ONNX_ARGS)
 
 PRECISIONS ?= fp32,int8
+ONNX_ARGS ?=
 onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ (PRECISIONS=fp32,fp16,int8), verified against PyTorch
 
 engines: ## TensorRT fp16/int8 plans (GPU + TensorRT only; says so otherwise)

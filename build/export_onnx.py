@@ -44,8 +44,12 @@ def example_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> tuple[tor
     return tuple(inputs)
 
 
-def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET) -> Path:
+def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, packed: bool = True) -> Path:
     """Export `model` as it is (fp32, fp16 after .half(), or with modelopt Q/DQ quantizers inserted).
+
+    packed: the graph runs its dense layers on the real tokens only (training.model.Packing), same
+    inputs and outputs. On the tweets this made ONNX Runtime ~20% faster per batch on CPU; padded
+    graphs (packed=False) are the conservative choice for TensorRT.
 
     Uses the TorchScript exporter (dynamo=False): the dynamo exporter fails on fake-quant ops.
     Written to a temp file and renamed, so a failed export never leaves a half-written model.
@@ -58,13 +62,17 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET) -> P
         dynamic["features"] = {0: "batch"}
     dynamic["logits"] = {0: "batch"}
     wrapper = LogitsOnly(model).eval()
-    with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        tmp_path = Path(tmp) / out_path.name
-        with torch.no_grad():
-            torch.onnx.export(wrapper, example_inputs(model), str(tmp_path), input_names=names,
-                              output_names=["logits"], dynamic_axes=dynamic, opset_version=opset,
-                              dynamo=False, do_constant_folding=True)
-        tmp_path.replace(out_path)
+    was_packed, model.bert.packed = model.bert.packed, packed
+    try:
+        with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+            tmp_path = Path(tmp) / out_path.name
+            with torch.no_grad():
+                torch.onnx.export(wrapper, example_inputs(model), str(tmp_path), input_names=names,
+                                  output_names=["logits"], dynamic_axes=dynamic, opset_version=opset,
+                                  dynamo=False, do_constant_folding=True)
+            tmp_path.replace(out_path)
+    finally:
+        model.bert.packed = was_packed
     return out_path
 
 
@@ -99,7 +107,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
 
 def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32", "int8"),
                     quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
-                    opset: int = OPSET, log=print) -> dict[str, Path]:
+                    opset: int = OPSET, log=print, packed: bool = True) -> dict[str, Path]:
     """Write model_<precision>.onnx for each precision into `out_dir` (no verification here).
 
     fp32 and fp16 come from the checkpoint (LoRA merged when an adapter is given); int8 from the
@@ -116,7 +124,7 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
     paths: dict[str, Path] = {}
     if "fp32" in precisions or "fp16" in precisions:
         t0 = time.time()
-        paths["fp32"] = export_onnx(load_model(checkpoint, adapter), out_dir / onnx_filename("fp32"), opset)
+        paths["fp32"] = export_onnx(load_model(checkpoint, adapter), out_dir / onnx_filename("fp32"), opset, packed)
         log(f"exported fp32 -> {paths['fp32']} [{time.time() - t0:.0f}s]")
     if "fp16" in precisions:
         paths["fp16"] = convert_fp16(paths["fp32"], out_dir / onnx_filename("fp16"))
@@ -125,7 +133,7 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
         from build.quantize import load_quantized
 
         t0 = time.time()
-        paths["int8"] = export_onnx(load_quantized(quantized_dir), out_dir / onnx_filename("int8"), opset)
+        paths["int8"] = export_onnx(load_quantized(quantized_dir), out_dir / onnx_filename("int8"), opset, packed)
         log(f"exported int8 QDQ -> {paths['int8']} [{time.time() - t0:.0f}s]")
     if "fp32" not in precisions:  # exported only as the source of fp16
         paths.pop("fp32").unlink()
@@ -134,7 +142,7 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
 
 def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("fp32", "int8"),
                quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
-               max_length: int = 128, opset: int = OPSET, log=print) -> list:
+               max_length: int = 128, opset: int = OPSET, log=print, packed: bool = True) -> list:
     """The `onnx` stage: export, verify every file against PyTorch fp32 on `test`, then swap `out_dir` in.
 
     `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files and
@@ -153,11 +161,11 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
         quant_report = json.loads((Path(quantized_dir) / "quantize.json").read_text())
     info = {"checkpoint": str(checkpoint), "adapter": str(adapter) if adapter else None,
             "quantized": str(quantized_dir) if quantized_dir else None, "opset": opset,
-            "max_length": max_length, "held-out texts": len(test)}
+            "max_length": max_length, "held-out texts": len(test), "packed": packed}
     rejected = out_dir.with_name(out_dir.name + ".rejected")
     try:
         with atomic_dir(out_dir) as tmp:
-            paths = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log)
+            paths = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log, packed)
             results = verify_artifacts(checkpoint, paths, test, max_length, adapter=adapter, log=log)
             for r in results:
                 r.path = str(out_dir / Path(r.path).name)
@@ -187,6 +195,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (replaced atomically once verified)")
     p.add_argument("--test-texts", type=int, default=None, help="verify on a random sample of N test texts (default: all)")
     p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--padded", action="store_true",
+                   help="export padded graphs (dense layers on every position) instead of packed ones: "
+                        "the conservative input for TensorRT engines")
     add_data_arguments(p)
 
 
@@ -199,6 +210,6 @@ def run(args) -> int:
     quantized = args.quantized or (args.checkpoint.parent / "quantized")
     test = examples_from_args(args, ["test"], args.test_texts)["test"]
     results = build_onnx(args.checkpoint, args.out, test, precisions, quantized if "int8" in precisions else None,
-                         args.adapter, args.max_length, args.opset)
+                         args.adapter, args.max_length, args.opset, packed=not args.padded)
     print(f"wrote {args.out}: " + ", ".join(f"{r.precision} ok" for r in results) + f"; report {args.out / 'build_report.md'}")
     return 0

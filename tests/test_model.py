@@ -42,6 +42,26 @@ def test_hf_state_dict_loads_into_scratch_with_equal_logits(num_labels):
     torch.testing.assert_close(ours_logits, _hf_logits(hf, *batch), atol=1e-5, rtol=0)
 
 
+def test_packed_forward_equals_padded_and_transformers():
+    """Dense layers on real tokens only (Packing) change no logit, whatever the padding looks like."""
+    torch.manual_seed(0)
+    hf = transformers.BertForSequenceClassification(transformers.BertConfig(**TINY, num_labels=3)).eval()
+    ours = BertForSequenceClassification(BertConfig.from_dict(hf.config.to_dict())).eval()
+    ours.load_hf_state_dict(hf.state_dict())
+    ids, mask, types = _batch(B=5, T=16)
+    mask[3] = 0
+    mask[3, 4:9] = 1          # padded on the left and right: position 0 is padding
+    mask[4, 1:] = 0           # one real token
+    with torch.no_grad():
+        padded = ours(ids, mask, types).logits
+        ours.bert.packed = True
+        packed = ours(ids, mask, types).logits
+        seq, _ = ours.bert(ids, mask, types)
+    torch.testing.assert_close(packed, padded, atol=1e-5, rtol=0)
+    torch.testing.assert_close(packed, _hf_logits(hf, ids, mask, types), atol=1e-5, rtol=0)
+    assert seq.shape == (5, 16, 32) and seq[2, 3:].abs().sum() == 0   # zeros where rows were padded
+
+
 def test_scratch_checkpoint_loads_in_transformers(tmp_path, minilm_path):
     ours = BertForSequenceClassification.from_pretrained(minilm_path, labels=["negative", "positive"]).eval()
     ours.save_pretrained(tmp_path / "ck")

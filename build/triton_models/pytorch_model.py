@@ -44,6 +44,7 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"precision {precision!r}: only fp32 runs on the CPU")
         folder = Path(args["model_repository"]) / args["model_version"] / params.get("model_file", "checkpoint")
         self.model = BertForSequenceClassification.from_pretrained(folder).eval()
+        self.model.bert.packed = True   # dense layers on real tokens only (training/model.py Packing)
         self.num_features = self.model.config.num_tabular_features
         self.pad_token_id = int(params.get("pad_token_id", "0"))
         self.chunk_rows = int(params.get("sort_chunk_rows", "0") or 0)
