@@ -6,6 +6,7 @@ save_pretrained) is also what tests/test_triton_cpu.py serves with the real Trit
 import json
 import os
 import struct
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,35 +19,14 @@ from build.export_onnx import export_onnx
 from training.config import BertConfig
 from training.model import BertForSequenceClassification
 
-WORDS = ("i love this great happy day the flight was bad worst ever awful good morning sun is out "
-         "my got cancelled again airline what a wonderful not so".split())
-
-
-def make_tiny_tokenizer(folder: Path) -> Path:
-    """A real WordPiece tokenizer (lower-casing, [CLS] ... [SEP]) over a small vocabulary."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars + ".,!?'") + \
-        [f"##{c}" for c in chars] + list(WORDS)
-    # filler up to 2048 entries: build/export_onnx.py traces with token ids 1000..1999
-    vocab += [f"[unused{i}]" for i in range(2048 - len(vocab))]
-    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    tok.decoder = decoders.WordPiece()
-    folder.mkdir(parents=True, exist_ok=True)
-    tok.save(str(folder / "tokenizer.json"))
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return folder
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_bert import WORDS, make_tokenizer  # noqa: E402
 
 
 def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_label=False,
                          max_positions=64, seed=0, num_features=0, thresholds=None) -> Path:
-    tok_dir = make_tiny_tokenizer(folder.parent / f"{folder.name}-tokenizer")
+    # 2048 entries: build/export_onnx.py traces with token ids 1000..1999
+    tok_dir = make_tokenizer(folder.parent / f"{folder.name}-tokenizer", size=2048)
     vocab_size = len((tok_dir / "vocab.txt").read_text().split())
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=max_positions,
