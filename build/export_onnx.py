@@ -78,6 +78,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
 
 # ---- precision variants --------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp16", "int8")
+# int8 stays padded: on this AVX-512F CPU without VNNI, ONNX Runtime ran the packed QDQ graph at
+# 0.74x packed fp32 (padded int8 runs at padded fp32's speed) and it recovered less accuracy (99.03%
+# vs 99.61% of fp32 on the demo's 600 test tweets); packing is for the float graphs only
+PACKABLE = ("fp32", "fp16")
 
 
 def onnx_filename(precision: str) -> str:
@@ -133,11 +137,8 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
         from build.quantize import load_quantized
 
         t0 = time.time()
-        # int8 stays padded: on this AVX-512F CPU without VNNI, ONNX Runtime ran the packed QDQ graph
-        # at 0.74x packed fp32 (padded int8 runs at padded fp32's speed) and it recovered less accuracy
-        # (99.03% vs 99.61% of fp32 on the demo's 600 test tweets); packing is for float graphs only
         paths["int8"] = export_onnx(load_quantized(quantized_dir), out_dir / onnx_filename("int8"), opset,
-                                    packed=False)
+                                    packed=packed and "int8" in PACKABLE)
         log(f"exported int8 QDQ -> {paths['int8']} [{time.time() - t0:.0f}s]")
     if "fp32" not in precisions:  # exported only as the source of fp16
         paths.pop("fp32").unlink()
@@ -165,7 +166,8 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
         quant_report = json.loads((Path(quantized_dir) / "quantize.json").read_text())
     info = {"checkpoint": str(checkpoint), "adapter": str(adapter) if adapter else None,
             "quantized": str(quantized_dir) if quantized_dir else None, "opset": opset,
-            "max_length": max_length, "held-out texts": len(test), "packed": packed}
+            "max_length": max_length, "held-out texts": len(test),
+            "packed": ", ".join(p for p in precisions if packed and p in PACKABLE) or "none"}
     rejected = out_dir.with_name(out_dir.name + ".rejected")
     try:
         with atomic_dir(out_dir) as tmp:
