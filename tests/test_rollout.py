@@ -65,7 +65,9 @@ class Traffic:
     def __init__(self, url, threads=2, max_requests=5000, max_seconds=240.0, pause=0.01):
         self.url, self.pause = url, pause
         self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
-        self.results = []          # (monotonic time, "ok" | error text, version, probabilities)
+        # (monotonic time the request was *sent*, "ok" | error text, version, probabilities): judged by
+        # send time, since on a busy box a request sent before a heal/rollout can come back well after it
+        self.results = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -78,12 +80,13 @@ class Traffic:
                         return
                 inp = httpclient.InferInput("text", [1, 1], "BYTES")
                 inp.set_data_from_numpy(np.array([[TEXT.encode()]], dtype=np.object_))
+                sent = time.monotonic()
                 try:
                     r = client.infer(ENSEMBLE, [inp])
-                    row = (time.monotonic(), "ok", int(r.get_response()["model_version"]),
+                    row = (sent, "ok", int(r.get_response()["model_version"]),
                            r.as_numpy("probabilities")[0])
                 except Exception as e:            # noqa: BLE001 - every failure is recorded
-                    row = (time.monotonic(), str(e), None, None)
+                    row = (sent, str(e), None, None)
                 with self._lock:
                     self.results.append(row)
                 time.sleep(self.pause)
@@ -105,6 +108,7 @@ class Traffic:
             time.sleep(0.05)
 
     def failures(self, since=0.0):
+        """Errors of requests sent at or after `since`."""
         return [e for t, e, _, _ in self.results if e != "ok" and t >= since]
 
 
