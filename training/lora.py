@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from training.dropout import Dropout
+
 
 @dataclasses.dataclass
 class LoRAConfig:
@@ -65,7 +67,7 @@ class LoRALinear(nn.Linear):
         self.lora_A = nn.Parameter(torch.empty(r, in_features))
         self.lora_B = nn.Parameter(torch.zeros(out_features, r))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self._base_weight: torch.Tensor | None = None
 
@@ -86,7 +88,9 @@ class LoRALinear(nn.Linear):
         y = F.linear(x, self.weight, self.bias)
         if self.merged:
             return y
-        return y + F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.scaling
+        # in place, the scaling folded into the add: one pass over y instead of three (linear's
+        # backward does not need its output, so autograd allows it)
+        return y.add_(F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B), alpha=self.scaling)
 
     @torch.no_grad()
     def merge(self):

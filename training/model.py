@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from training.config import BertConfig, ConfigError
+from training.dropout import Dropout, dropout
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Heads of pre-training checkpoints (masked LM, next sentence) that a classifier has no use for.
@@ -83,7 +85,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         # a buffer, not torch.arange(T, device=...) in forward: a traced graph (TorchScript, ONNX)
         # would bake the tracing device into arange, and a CPU-traced model would fail on a GPU
         self.register_buffer("position_ids", torch.arange(config.max_position_embeddings), persistent=False)
@@ -114,8 +116,15 @@ class BertSelfAttention(nn.Module):
         q, k, v = (to_bt(proj(x)).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
         # attn_mask (B, 1, 1, T): True where the key is a real token
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                           dropout_p=self.dropout_p if self.training else 0.0)
+        if self.training and self.dropout_p > 0 and x.device.type == "cpu":
+            # SDPA has no fused kernel with dropout on CPU and falls back to these same steps, with
+            # torch's slow mask (training/dropout.py); spelled out, the mask is the cheap one
+            att = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))
+            att = att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+            y = dropout(att, self.dropout_p) @ v
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                               dropout_p=self.dropout_p if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)
         return packing.pack(y) if packing is not None else y
 
@@ -125,7 +134,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h, residual):
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
@@ -156,7 +165,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, h, residual):
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
@@ -226,7 +235,7 @@ class BertForSequenceClassification(nn.Module):
         self.config = config
         self.bert = BertModel(config)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
+        self.dropout = Dropout(p)
         k = config.num_tabular_features
         self.classifier = nn.Linear(config.hidden_size + k, config.num_labels)
         if k:  # standardisation statistics: config, not weights, so they travel in config.json
