@@ -96,8 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: no LoRA)")
     m.add_argument("--lora-alpha", type=float, default=16.0)
     m.add_argument("--lora-dropout", type=float, default=0.0,
-                   help="dropout on the adapters' input (default 0, as peft's; on CPU each one costs about "
-                        "as much as a dense layer: random numbers are slow)")
+                   help="dropout on the adapters' input (default 0, as peft's)")
     m.add_argument("--lora-targets", type=_csv_list, default=["query", "value"], help="Linear names, e.g. query,value")
     m.add_argument("--lora-layers", default="all", help="all | lastN | firstN | 0,1,5")
     add_train_args(fit, "artifacts/run")
