@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+# A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every
+# process it starts; the interrupt tests need Ctrl-C delivered. A Python handler (unlike SIG_IGN) is
+# reset to the default on exec, so children get a normal SIGINT too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _has_tensorrt() -> bool:

@@ -97,7 +97,7 @@ def test_cpu_repository_layout(tiny, tmp_path):
     v = out / "bert_pytorch_fp32_model" / "1"
     assert {"model.py", "batching.py"} <= {p.name for p in v.iterdir()}
     assert (v / "checkpoint" / "model.safetensors").is_file()
-    assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "model.py"]
+    assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "dropout.py", "model.py"]
     assert (out / "bert_onnx_int8_model" / "1" / "model.onnx").is_file()
     assert (out / "tokenizer" / "1" / "tokenizer.json").is_file()
     manifest = json.loads((out / "build.json").read_text())
