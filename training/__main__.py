@@ -25,11 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-DEFAULT_LR_FULL = 5e-5
-# LoRA trains 0.3% of the weights and needs a larger step: at 5e-4 r8 ended 1.2 points behind full
-# fine-tuning on 2,000 tweets, at 1e-3 level with it (the same rate as training/experiments.py's LoRA rows).
-DEFAULT_LR_LORA = 1e-3
-DEFAULT_LR_DISTILL = 1e-4
+from training.defaults import LR_DISTILL, LR_FULL, LR_LORA
 
 
 def _csv_list(s: str) -> list[str]:
@@ -64,8 +60,8 @@ def add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--batch-size", type=int, default=32)
     g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default: fit {DEFAULT_LR_FULL:g} full, "
-                                            f"{DEFAULT_LR_LORA:g} LoRA; distill {DEFAULT_LR_DISTILL:g})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default: fit {LR_FULL:g} full, "
+                                            f"{LR_LORA:g} LoRA; distill {LR_DISTILL:g})")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
@@ -229,7 +225,7 @@ def cmd_fit(args) -> None:
                               seed=args.seed)
     except ValueError as e:  # an unknown --freeze strategy or LoRA target
         raise TrainError(str(e)) from None
-    lr = args.lr or (DEFAULT_LR_LORA if lora else DEFAULT_LR_FULL)
+    lr = args.lr or (LR_LORA if lora else LR_FULL)
     method = (f"lora r{lora.r} alpha {lora.alpha:g} on {','.join(lora.target_modules)} layers {args.lora_layers}"
               if lora else f"freeze {args.freeze}" if args.freeze != "full" else "full fine-tuning")
     log.info(f"model: {base} ({method}), lr {lr:g}")
@@ -263,7 +259,7 @@ def cmd_distill(args) -> None:
     else:
         layers = args.student_layers or [0, teacher.config.num_hidden_layers - 1]
         student, what = distill.student_from_layers(teacher, layers), f"teacher layers {layers}"
-    lr = args.lr or DEFAULT_LR_DISTILL
+    lr = args.lr or LR_DISTILL
     log.info(f"student: {what} ({student.num_parameters():,} parameters vs the teacher's "
              f"{teacher.num_parameters():,}), T {args.temperature:g}, mix {args.mix:g}, lr {lr:g}")
     run_info = {"method": "distillation", "teacher": str(teacher_dir), "student": what,

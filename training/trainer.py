@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from training import lora as lora_lib
 from training.data import EncodedDataset, TextDataset, check_max_length, load_tokenizer
 from training.config import BertConfig
+from training.defaults import LR_FULL
 from training.model import BertForSequenceClassification, normalize_keys, read_state_dict, resolve_checkpoint
 
 log = logging.getLogger("training")
@@ -56,7 +57,7 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 32
     eval_batch_size: int = 64
-    lr: float = 5e-5
+    lr: float = LR_FULL
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
