@@ -372,7 +372,9 @@ class TritonServer:
         return self.running() and http_ready(self.http_url)
 
     def wait_ready(self, timeout=120.0):
-        """Block until /v2/health/ready answers 200; raise with the log tail if the server dies first."""
+        """Block until /v2/health/ready answers 200 and the gRPC and metrics ports listen too (Triton
+        opens them after HTTP, so a gRPC client right after readiness could find its port closed);
+        raise with the log tail if the server dies first."""
         deadline = time.monotonic() + timeout
         while True:
             if not self.running():
@@ -380,7 +382,7 @@ class TritonServer:
                 self._forget()
                 raise ServerError(f"tritonserver exited (code {code}) before becoming ready; "
                                   f"log {self.log_path}:\n{log_tail(self.log_path)}")
-            if http_ready(self.http_url):
+            if http_ready(self.http_url) and len(_busy_ports(self.settings)) == 3:
                 return self
             if time.monotonic() > deadline:
                 raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}; "
