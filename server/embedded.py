@@ -213,9 +213,12 @@ def port_in_use(host, port):
     return False
 
 
+def _ports(settings):
+    return [("HTTP", settings.http_port), ("gRPC", settings.grpc_port), ("metrics", settings.metrics_port)]
+
+
 def _busy_ports(settings):
-    ports = [("HTTP", settings.http_port), ("gRPC", settings.grpc_port), ("metrics", settings.metrics_port)]
-    return [(name, port) for name, port in ports if port_in_use(settings.host, port)]
+    return [(name, port) for name, port in _ports(settings) if port_in_use(settings.host, port)]
 
 
 def _pid_alive(pid):
@@ -369,12 +372,13 @@ class TritonServer:
         return self.pid is not None and _pid_alive(self.pid)
 
     def ready(self):
-        return self.running() and http_ready(self.http_url)
+        """/v2/health/ready answers 200 and the gRPC and metrics ports listen too: Triton opens them
+        after HTTP, so a gRPC client right after HTTP readiness could find its port closed."""
+        return (self.running() and http_ready(self.http_url)
+                and len(_busy_ports(self.settings)) == len(_ports(self.settings)))
 
     def wait_ready(self, timeout=120.0):
-        """Block until /v2/health/ready answers 200 and the gRPC and metrics ports listen too (Triton
-        opens them after HTTP, so a gRPC client right after readiness could find its port closed);
-        raise with the log tail if the server dies first."""
+        """Block until ready() (HTTP health and every port); raise with the log tail if the server dies first."""
         deadline = time.monotonic() + timeout
         while True:
             if not self.running():
@@ -382,7 +386,7 @@ class TritonServer:
                 self._forget()
                 raise ServerError(f"tritonserver exited (code {code}) before becoming ready; "
                                   f"log {self.log_path}:\n{log_tail(self.log_path)}")
-            if http_ready(self.http_url) and len(_busy_ports(self.settings)) == 3:
+            if self.ready():
                 return self
             if time.monotonic() > deadline:
                 raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}; "
