@@ -52,10 +52,13 @@ class Packing:
 
     A batch padded to its longest text spends most of its matmul work on padding when texts differ
     in length (tweets: 32 real tokens on average, batches padded to 60-128). Packed, the dense
-    layers (every matmul except attention scores) see an (N, C) tensor of the N real tokens; only
+    layers (every matmul except attention scores) see a (1, N, C) tensor of the N real tokens; only
     attention goes back to the padded (B, T) layout, which costs a gather per tensor. This is what
     NVIDIA's BERT engines call variable-length (packed) sequences. Every op here (NonZero, CumSum,
-    Gather, Pad) exports to ONNX with dynamic shapes. Position 0 of every row is always kept: it is
+    Gather, Pad) exports to ONNX with dynamic shapes. The packed tensor keeps a batch axis of 1,
+    (1, N, C): a Linear on a 2-D input exports as Gemm, which ONNX Runtime does not fuse with the
+    int8 graph's Q/DQ nodes (it ran float Gemms on dequantized weights), while on 3-D it exports as
+    MatMul + Add, which becomes an integer MatMul. Position 0 of every row is always kept: it is
     the pooler's input, so a row padded on the left gives what the padded model gives.
     """
 
@@ -70,12 +73,15 @@ class Packing:
         self.first = self.inverse.view(B, T)[:, 0] - 1           # (B,): each row's position 0
         self.shape = (B, T)
 
-    def pack(self, x: torch.Tensor) -> torch.Tensor:           # (B, T, C) -> (N, C)
-        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)
+    def pack(self, x: torch.Tensor) -> torch.Tensor:           # (B, T, C) -> (1, N, C)
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index).unsqueeze(0)
 
-    def unpack(self, h: torch.Tensor) -> torch.Tensor:         # (N, C) -> (B, T, C), zeros at padding
+    def unpack(self, h: torch.Tensor) -> torch.Tensor:         # (1, N, C) -> (B, T, C), zeros at padding
         B, T = self.shape
-        return F.pad(h, (0, 0, 1, 0)).index_select(0, self.inverse).view(B, T, h.shape[-1])
+        return F.pad(h[0], (0, 0, 1, 0)).index_select(0, self.inverse).view(B, T, h.shape[-1])
+
+    def first_tokens(self, h: torch.Tensor) -> torch.Tensor:   # (1, N, C) -> (B, 1, C): each row's [CLS]
+        return h[0].index_select(0, self.first).unsqueeze(1)
 
 
 class BertEmbeddings(nn.Module):
@@ -109,18 +115,18 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, attn_mask, packing: Packing | None = None):
-        # packed: x is (N, C) real tokens; the projections run on them, attention on (B, T)
+        # packed: x is (1, N, C) real tokens; the projections run on them, attention on (B, T)
         to_bt = packing.unpack if packing is not None else (lambda t: t)
         B, T, C = attn_mask.shape[0], attn_mask.shape[-1], x.shape[-1]
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (to_bt(proj(x)).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for proj in (self.query, self.key, self.value))
-        # attn_mask (B, 1, 1, T): True where the key is a real token
+        # attn_mask (B, 1, 1, T): added to the scores, 0 for real keys and MASK_BIAS for padding
         if self.training and self.dropout_p > 0 and x.device.type == "cpu":
             # SDPA has no fused kernel with dropout on CPU and falls back to these same steps, with
             # torch's slow mask (training/dropout.py); spelled out, the mask is the cheap one
             att = (q @ k.transpose(-2, -1)).mul_(1.0 / math.sqrt(q.shape[-1]))
-            att = att.masked_fill(~attn_mask, float("-inf")).softmax(dim=-1)
+            att = att.add_(attn_mask).softmax(dim=-1)
             y = dropout(att, self.dropout_p) @ v
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
@@ -203,6 +209,18 @@ class BertPooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))  # the [CLS] token's state
 
 
+# Added to the attention scores of padding keys. Finite, so that a row with no real key cannot turn
+# into NaN, and small enough for fp16; exp(-10000) is exactly 0 in every float type. An additive
+# mask (rather than a boolean one) also exports to ONNX as one Add: torch's boolean-mask export adds
+# an IsNaN/Where guard per layer, which cost ONNX Runtime ~4% of the int8 model's time on tweets.
+MASK_BIAS = -10000.0
+
+
+def mask_bias(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, T) 1/0 attention mask -> (B, 1, 1, T) additive bias: 0 for real tokens, MASK_BIAS for padding."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * MASK_BIAS
+
+
 class BertModel(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -219,13 +237,14 @@ class BertModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        attn_mask = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, T)
         if not self.packed:
-            x = self.encoder(self.embeddings(input_ids, token_type_ids), attn_mask)
+            x = self.embeddings(input_ids, token_type_ids)
+            x = self.encoder(x, mask_bias(attention_mask, x.dtype))
             return x, self.pooler(x)  # (B, T, C), (B, C)
         packing = Packing(attention_mask)
-        h = self.encoder(self.embeddings(input_ids, token_type_ids, packing), attn_mask, packing)
-        pooled = self.pooler(h.index_select(0, packing.first).unsqueeze(1))  # each row's [CLS]
+        h = self.embeddings(input_ids, token_type_ids, packing)
+        h = self.encoder(h, mask_bias(attention_mask, h.dtype), packing)
+        pooled = self.pooler(packing.first_tokens(h))
         return packing.unpack(h), pooled  # (B, T, C) with zeros at padding, (B, C)
 
 
