@@ -129,6 +129,61 @@ def test_concurrent_requests_are_batched_and_still_exact(served, reference):
     np.testing.assert_allclose(np.stack(outs), ref_logits(texts), atol=1e-4, rtol=0)
 
 
+def test_the_classifier_merges_requests_of_different_lengths(served, reference):
+    """Token tensors of different lengths, sent to the classifier at once: its inputs are ragged, so
+    the dynamic batcher hands them to one execution (the Python model pads them together) instead of
+    one execution per shape; every answer must still be its own text's."""
+    import threading
+
+    import tritonclient.grpc as grpcclient
+
+    server, _, _ = served
+    ref_logits, _ = reference
+    model = "bert_onnx_fp32_model"
+    # 4, 12, 18, 25, 33 and 43 tokens: padded to multiples of 8, no two requests share a shape
+    texts = [" ".join(["good"] * n) + " morning" for n in (1, 9, 15, 22, 30, 40)]
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    tokens = []
+    for t in texts:   # each text tokenized alone: every request has its own length
+        r = client.infer("tokenizer", [_text_input([t])])
+        tokens.append({n: r.as_numpy(n) for n in ("input_ids", "attention_mask", "token_type_ids")})
+    assert len({a["input_ids"].shape[1] for a in tokens}) == len(texts)
+
+    def counts():
+        s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+        return int(s.get("inference_count", 0)), int(s.get("execution_count", 0))
+
+    def burst():
+        clients = [grpcclient.InferenceServerClient(server.grpc_url) for _ in texts]
+        start, out = threading.Barrier(len(texts)), [None] * len(texts)
+
+        def send(i):
+            inputs = []
+            for name, a in tokens[i].items():
+                x = grpcclient.InferInput(name, list(a.shape), "INT64")
+                x.set_data_from_numpy(a)
+                inputs.append(x)
+            start.wait()
+            out[i] = clients[i].infer(model, inputs).as_numpy("logits")[0]
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(texts))]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        return np.stack(out)
+
+    merged = False
+    for _ in range(5):   # timing decides how many arrive together; without ragged inputs, none ever merge
+        before = counts()
+        logits = burst()
+        after = counts()
+        np.testing.assert_allclose(logits, ref_logits(texts), atol=1e-4, rtol=0)
+        inferences, executions = after[0] - before[0], after[1] - before[1]
+        assert inferences == len(texts)
+        if executions < inferences:
+            merged = True
+            break
+    assert merged, "requests of different lengths never shared an execution"
+
+
 def test_classification_extension_top1_is_the_label(served):
     server, _, _ = served
     out = infer(server, "bert_pytorch_fp32", TEXTS[:3], outputs=("probabilities",), class_count=1)
