@@ -12,7 +12,7 @@ test split the training run saved):
   - FLOP utilisation: samples/s x FLOPs/sample / this CPU's matmul rate, with FLOPs counted on real
     (unpadded) tokens only: 2 x (non-embedding encoder dense parameters) x tokens, from
     training.model.flops_per_token; the matmul rate is a torch 2048x2048 fp32 matmul (median of
-    several) measured in the same run;
+    several) measured before each round, and each round's samples/s is read against its own rate;
   - an in-process baseline: the same tokenizer (padding each batch to its longest text) and ONNX
     Runtime on the same ONNX file, run in the same length-sorted chunks as the served model
     (batching.run_sorted_chunks, the config's sort_chunk_rows), without Triton: what serving costs;
@@ -248,13 +248,19 @@ def accuracy(pred_labels, pred_probs, truth, label_names, multi_label) -> float 
     return float(np.mean([p == t for p, t in zip(pred_labels, truth)]))
 
 
-def run_rounds(backends: dict, batches_per_round: list[list[list[int]]], texts, log) -> dict:
+def run_rounds(backends: dict, batches_per_round: list[list[list[int]]], texts, log,
+               rate=None) -> tuple[dict, list]:
     """Every round runs every backend on that round's batches, back to back; returns per backend
-    the per-round samples/s, every request's latency, and every text's predicted label/probabilities."""
+    the per-round samples/s, every request's latency, and every text's predicted label/probabilities,
+    and the `rate()` measured before each round (this CPU's matmul rate: the machine's speed drifts
+    over minutes, so each round is read against its own)."""
     out = {name: {"sps": [], "latency": [], "labels": [None] * len(texts), "probs": [None] * len(texts)}
            for name in backends}
+    rates = []
     for r, batches in enumerate(batches_per_round):
         n = sum(len(b) for b in batches)
+        if rate is not None:
+            rates.append(rate())
         for name, infer in backends.items():
             rec = out[name]
             start = time.perf_counter()
@@ -266,13 +272,28 @@ def run_rounds(backends: dict, batches_per_round: list[list[list[int]]], texts, 
                     rec["labels"][i], rec["probs"][i] = lb, pr
             rec["sps"].append(n / (time.perf_counter() - start))
             log(f"  round {r + 1}/{len(batches_per_round)}  {name:<22} {rec['sps'][-1]:8.1f} samples/s")
-    return out
+    return out, rates
 
 
-def concurrency_sweep(make_client, texts, levels, rounds, log) -> list[dict]:
-    """Single-text requests from `level` threads (one client each), levels interleaved over rounds."""
-    per_level = {c: {"sps": [], "latency": []} for c in levels}
+def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int = 0) -> tuple[list[dict], list]:
+    """Single-text requests from `level` threads (one client each), levels interleaved over rounds.
+
+    With batch_size, each round first sends the same texts as batch_size-text requests from one
+    client, and every level is compared with that round's batch figure (median of the per-round
+    ratios): the sweep takes minutes, over which this machine's speed drifts.
+    """
+    per_level = {c: {"sps": [], "latency": [], "vs_batch": []} for c in levels}
+    batch_sps = []
     for r in range(rounds):
+        if batch_size:
+            clf = make_client()
+            clf.infer(texts[:batch_size])
+            start = time.perf_counter()
+            for i in range(0, len(texts), batch_size):
+                clf.infer(texts[i:i + batch_size])
+            batch_sps.append(len(texts) / (time.perf_counter() - start))
+            clf.close()
+            log(f"  round {r + 1}/{rounds}  batch {batch_size:>2}     {batch_sps[-1]:8.1f} samples/s")
         for c in levels:
             clients = [make_client() for _ in range(c)]
             for clf in clients:               # connect and warm each client before the clock starts
@@ -311,9 +332,12 @@ def concurrency_sweep(make_client, texts, levels, rounds, log) -> list[dict]:
                 raise ClientError(f"concurrency sweep at {c}: {len(errors)} request(s) failed: {errors[0]}")
             per_level[c]["sps"].append(len(texts) / elapsed)
             per_level[c]["latency"] += lat
+            if batch_size:
+                per_level[c]["vs_batch"].append(per_level[c]["sps"][-1] / batch_sps[-1])
             log(f"  round {r + 1}/{rounds}  concurrency {c:>2}  {per_level[c]['sps'][-1]:8.1f} samples/s")
     return [{"concurrency": c, "samples_per_s": statistics.median(v["sps"]), "rounds": v["sps"],
-             "requests": len(v["latency"]), **percentiles_ms(v["latency"])} for c, v in per_level.items()]
+             "vs_batch": statistics.median(v["vs_batch"]) if v["vs_batch"] else None,
+             "requests": len(v["latency"]), **percentiles_ms(v["latency"])} for c, v in per_level.items()], batch_sps
 
 
 # ------------------------------------------------------------------------------------------------
@@ -345,7 +369,9 @@ def render_markdown(doc: dict) -> str:
         f"batch {m['batch_size']} (one request carrying {m['batch_size']} texts, requests back to back); "
         f"{m['rounds']} rounds with the backends interleaved, samples/s = median over rounds.",
         f"Hardware: {cpu} ({', '.join(hw['isa']) or 'no AVX2'})" + (f"; GPU: {', '.join(hw['gpus'])}" if hw["gpus"] else "")
-        + f". Matmul rate: {_fmt(m['matmul'].get('gflops'), '.1f')} GFLOP/s. Load average (1 min) before/after: "
+        + f". Matmul rate: {_fmt(m['matmul'].get('gflops'), '.1f')} GFLOP/s"
+        + (f" (per round: {', '.join(f'{g:.1f}' for g in m['matmul']['rounds_gflops'])})"
+           if m["matmul"].get("rounds_gflops") else "") + ". Load average (1 min) before/after: "
         f"{m['load_average'][0]:.2f}/{m['load_average'][1]:.2f}"
         + (" - the machine was busy with other work: expect low, noisy figures." if max(m["load_average"]) >
            hw["logical_cores"] + 2 else "."),
@@ -377,13 +403,17 @@ def render_markdown(doc: dict) -> str:
                   f"and embeddings excluded; tokens counted after truncation at {f['max_length']}, [CLS]/[SEP] "
                   "included, padding excluded). The matmul rate is a torch "
                   f"{m['matmul']['n']}x{m['matmul']['n']} fp32 matmul, median of {m['matmul']['reps']} runs on "
-                  f"{m['matmul']['threads']} threads, measured in the same run. FLOP utilisation = samples/s x "
-                  "FLOPs/sample / matmul rate."]
+                  f"{m['matmul']['threads']} threads, measured just before each round. FLOP utilisation = "
+                  "samples/s x FLOPs/sample / matmul rate, per round (each against its own rate: this "
+                  "machine's speed drifts over minutes), median over rounds."]
     sweep = doc.get("sweep")
     if sweep:
         lines += ["", f"## Concurrency sweep: single-text requests against {sweep['model']}", "",
                   f"{sweep['texts_per_level']} texts per level per round, {m['rounds']} rounds, one client "
-                  "per concurrent thread; the dynamic batcher merges concurrent requests.", "",
+                  "per concurrent thread; the dynamic batcher merges concurrent requests. Each round first "
+                  f"sends the same texts in requests of {m['batch_size']} "
+                  f"({_fmt(sweep.get('batch_samples_per_s'), '.1f')} samples/s, median); 'vs batch' is the "
+                  "median over rounds of each level against its own round's batch figure.", "",
                   f"| Concurrency | Samples/s | p50 ms | p99 ms | vs batch {m['batch_size']} |", "|---:|---:|---:|---:|---:|"]
         for lv in sweep["levels"]:
             lines.append(f"| {lv['concurrency']} | {lv['samples_per_s']:.1f} | {_fmt(lv['p50_ms'], '.1f')} | "
@@ -486,12 +516,11 @@ def benchmark(args, log=print) -> dict:
     per_round = [batches[r::rounds] for r in range(rounds)]
     log(f"benchmark: {len(texts)} texts from {held.source}, batch {args.batch_size}, {rounds} rounds, "
         f"backends: {', '.join(backends)}")
-    matmul_before = matmul_gflops(reps=args.matmul_reps)
-    results = run_rounds(backends, per_round, texts, log)
-    matmul_after = matmul_gflops(reps=args.matmul_reps)
+    results, round_rates = run_rounds(backends, per_round, texts, log,
+                                      rate=lambda: matmul_gflops(reps=args.matmul_reps))
     load_after = os.getloadavg()[0]
-    matmul = dict(matmul_before, gflops=statistics.median([matmul_before["gflops"], matmul_after["gflops"]]),
-                  before_gflops=matmul_before["gflops"], after_gflops=matmul_after["gflops"])
+    matmul = dict(round_rates[0], gflops=statistics.median(r["gflops"] for r in round_rates),
+                  rounds_gflops=[r["gflops"] for r in round_rates])
 
     # FLOPs per sample on real tokens
     flops = None
@@ -531,8 +560,9 @@ def benchmark(args, log=print) -> dict:
             "samples_per_s": sps, "rounds_samples_per_s": res["sps"], "requests": len(res["latency"]),
             **percentiles_ms(res["latency"]),
             "accuracy": accuracy(res["labels"], res["probs"], truth, held.label_names or [], held.multi_label),
-            "flop_utilisation": None if flops is None or where != "CPU"
-            else sps * flops["per_sample"] / (matmul["gflops"] * 1e9),
+            # each round against the matmul rate measured just before it, then the median
+            "flop_utilisation": None if flops is None or where != "CPU" else statistics.median(
+                x * flops["per_sample"] / (g * 1e9) for x, g in zip(res["sps"], matmul["rounds_gflops"])),
             "hardware": cpu_short if where == "CPU" else ", ".join(hw["gpus"]) or "GPU", "runs_on": where})
     ref = next((r for r in rows if r["model"] == REFERENCE), None)
     if ref is None:
@@ -551,11 +581,9 @@ def benchmark(args, log=print) -> dict:
         levels = [int(x) for x in str(args.sweep_levels).split(",")]
         log(f"concurrency sweep on {target}: {n} single-text requests per level per round, levels {levels}")
         make = lambda: Classifier(args.url, args.protocol, model=target, retries=args.retries, timeout=args.timeout)
-        lv = concurrency_sweep(make, texts[:n], levels, rounds, log)
-        batch_sps = next(r["samples_per_s"] for r in rows if r["model"] == target)
-        for x in lv:
-            x["vs_batch"] = x["samples_per_s"] / batch_sps
-        sweep = {"model": target, "texts_per_level": n, "levels": lv, "batch_samples_per_s": batch_sps}
+        lv, batch_rounds = concurrency_sweep(make, texts[:n], levels, rounds, log, batch_size=args.batch_size)
+        sweep = {"model": target, "texts_per_level": n, "levels": lv,
+                 "batch_samples_per_s": statistics.median(batch_rounds), "batch_rounds": batch_rounds}
 
     by_model = {r["model"]: r for r in rows}
     triton_rows = [r for r in rows if r["model"] != "-" and r["flop_utilisation"] is not None]

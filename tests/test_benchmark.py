@@ -42,10 +42,16 @@ def test_short_benchmark_writes_complete_reports(tiny_served, tmp_path, capsys):
     assert rows["bert_onnx_fp32"]["accuracy"] == rows["-"]["accuracy"]
     meta = doc["meta"]
     assert meta["matmul"]["gflops"] > 0 and meta["flops"]["mean_tokens"] > 2
+    assert len(meta["matmul"]["rounds_gflops"]) == 2       # one rate per round, each round read against it
     assert meta["hardware"]["cpu"] and meta["hardware"]["logical_cores"] >= 1
     sweep = doc["sweep"]
     assert [lv["concurrency"] for lv in sweep["levels"]] == [1, 4]
     assert all(lv["samples_per_s"] > 0 and lv["requests"] == 16 for lv in sweep["levels"])
+    # each round also sends the sweep's texts in batches; levels are compared within their round
+    assert len(sweep["batch_rounds"]) == 2 and all(x > 0 for x in sweep["batch_rounds"])
+    for lv in sweep["levels"]:
+        assert min(r / b for r, b in zip(lv["rounds"], sweep["batch_rounds"])) <= lv["vs_batch"] \
+            <= max(r / b for r, b in zip(lv["rounds"], sweep["batch_rounds"]))
     for key in ("flop_utilisation", "ensemble_vs_in_process", "concurrency_vs_batch", "int8_recovery"):
         assert doc["targets"][key]["value"] > 0
     md = (out / "benchmark.md").read_text()
