@@ -278,22 +278,25 @@ def run_rounds(backends: dict, batches_per_round: list[list[list[int]]], texts, 
 def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int = 0) -> tuple[list[dict], list]:
     """Single-text requests from `level` threads (one client each), levels interleaved over rounds.
 
-    With batch_size, each round first sends the same texts as batch_size-text requests from one
-    client, and every level is compared with that round's batch figure (median of the per-round
-    ratios): the sweep takes minutes, over which this machine's speed drifts.
+    With batch_size, each round also sends the same texts as batch_size-text requests from one
+    client, before and after its levels, and every level is compared with the mean of those two
+    (median of the per-round ratios): the sweep takes minutes, over which this machine's speed drifts.
     """
     per_level = {c: {"sps": [], "latency": [], "vs_batch": []} for c in levels}
     batch_sps = []
+
+    def batch_pass():
+        clf = make_client()
+        clf.infer(texts[:batch_size])
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch_size):
+            clf.infer(texts[i:i + batch_size])
+        clf.close()
+        return len(texts) / (time.perf_counter() - start)
+
     for r in range(rounds):
-        if batch_size:
-            clf = make_client()
-            clf.infer(texts[:batch_size])
-            start = time.perf_counter()
-            for i in range(0, len(texts), batch_size):
-                clf.infer(texts[i:i + batch_size])
-            batch_sps.append(len(texts) / (time.perf_counter() - start))
-            clf.close()
-            log(f"  round {r + 1}/{rounds}  batch {batch_size:>2}     {batch_sps[-1]:8.1f} samples/s")
+        before = batch_pass() if batch_size else None
+        round_sps = {}
         for c in levels:
             clients = [make_client() for _ in range(c)]
             for clf in clients:               # connect and warm each client before the clock starts
@@ -332,9 +335,14 @@ def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int =
                 raise ClientError(f"concurrency sweep at {c}: {len(errors)} request(s) failed: {errors[0]}")
             per_level[c]["sps"].append(len(texts) / elapsed)
             per_level[c]["latency"] += lat
-            if batch_size:
-                per_level[c]["vs_batch"].append(per_level[c]["sps"][-1] / batch_sps[-1])
+            round_sps[c] = per_level[c]["sps"][-1]
             log(f"  round {r + 1}/{rounds}  concurrency {c:>2}  {per_level[c]['sps'][-1]:8.1f} samples/s")
+        if batch_size:
+            batch_sps.append((before + batch_pass()) / 2)
+            log(f"  round {r + 1}/{rounds}  batch {batch_size:>2}     {batch_sps[-1]:8.1f} samples/s "
+                f"(mean of the passes before and after this round's levels)")
+            for c, x in round_sps.items():
+                per_level[c]["vs_batch"].append(x / batch_sps[-1])
     return [{"concurrency": c, "samples_per_s": statistics.median(v["sps"]), "rounds": v["sps"],
              "vs_batch": statistics.median(v["vs_batch"]) if v["vs_batch"] else None,
              "requests": len(v["latency"]), **percentiles_ms(v["latency"])} for c, v in per_level.items()], batch_sps
@@ -411,9 +419,9 @@ def render_markdown(doc: dict) -> str:
         lines += ["", f"## Concurrency sweep: single-text requests against {sweep['model']}", "",
                   f"{sweep['texts_per_level']} texts per level per round, {m['rounds']} rounds, one client "
                   "per concurrent thread; the dynamic batcher merges concurrent requests. Each round first "
-                  f"sends the same texts in requests of {m['batch_size']} "
+                  f"sends the same texts in requests of {m['batch_size']}, before and after its levels "
                   f"({_fmt(sweep.get('batch_samples_per_s'), '.1f')} samples/s, median); 'vs batch' is the "
-                  "median over rounds of each level against its own round's batch figure.", "",
+                  "median over rounds of each level against its own round's batch figure (the mean of its two passes).", "",
                   f"| Concurrency | Samples/s | p50 ms | p99 ms | vs batch {m['batch_size']} |", "|---:|---:|---:|---:|---:|"]
         for lv in sweep["levels"]:
             lines.append(f"| {lv['concurrency']} | {lv['samples_per_s']:.1f} | {_fmt(lv['p50_ms'], '.1f')} | "
@@ -647,7 +655,7 @@ def add_arguments(p):
                    help="concurrency sweep of single-text requests (default on)")
     p.add_argument("--sweep-model", help="ensemble for the sweep (default bert_onnx_fp32)")
     p.add_argument("--sweep-levels", default="1,2,4,8,16", help="concurrency levels (default 1,2,4,8,16)")
-    p.add_argument("--sweep-texts", type=int, default=192, help="single-text requests per level per round")
+    p.add_argument("--sweep-texts", type=int, default=256, help="single-text requests per level per round")
     p.add_argument("--in-process", action=__import__("argparse").BooleanOptionalAction, default=True,
                    help="also time the same tokenizer + ONNX Runtime without Triton (default on)")
     p.add_argument("--in-process-chunk", type=int, metavar="ROWS",
