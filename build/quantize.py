@@ -224,6 +224,11 @@ def choose_float_groups(model, rows: list[dict], groups: dict, val: Examples, en
 
     One group at a time because the groups overlap (a layer and an op type share quantizers) and
     one fix often makes the others unnecessary: the single-pass gains of the table are not additive.
+    Among the groups whose gain exceeds `threshold`, the most faithful goes first (highest label
+    agreement with fp32, then smallest |dlogit|), not the largest gain: on a few hundred validation
+    texts the gain moves by a text or two, agreement and |dlogit| much less. Ranked by gain, the
+    6,000-tweet demo kept encoder layer 0 in float and its int8 graph recovered 98.86% on test, under
+    the export check's 99%; the LayerNorm inputs (agreement 0.98 vs 0.96) are what the full data kept.
     Groups named in `s.disable` are kept in float first, whatever the analysis says.
     """
     multi = model.config.multi_label
@@ -236,7 +241,7 @@ def choose_float_groups(model, rows: list[dict], groups: dict, val: Examples, en
     current = acc(disabled) if disabled else base["accuracy"]
     steps = []
     candidates = sorted((r for r in rows if r["gain"] > s.threshold and r["group"] not in disabled),
-                        key=lambda r: (-r["gain"], r["mean_abs_dlogit"]))
+                        key=lambda r: (-r["agreement"], r["mean_abs_dlogit"]))
     for r in candidates:
         if base["fp32_accuracy"] - current <= s.threshold:
             break
@@ -256,8 +261,8 @@ def sensitivity_markdown(base: dict, rows: list[dict], threshold: float, disable
     n = base.get("texts")
     return ((f"{n} validation texts (one text = {1 / n:.4f} accuracy). " if n else "")
             + f"Validation accuracy: fp32 {base['fp32_accuracy']:.4f}, every group INT8 {base['accuracy']:.4f} "
-            f"(agreement with fp32 {base['agreement']:.4f}). Groups go back to float, the largest gain first, "
-            f"while INT8 loses more than {threshold:.4f} against fp32 and the group's gain exceeds that.\n\n"
+            f"(agreement with fp32 {base['agreement']:.4f}). Groups go back to float, the most faithful first "
+            f"(agreement with fp32, then |dlogit|), while INT8 loses more than {threshold:.4f} against fp32 and the group's gain exceeds that.\n\n"
             + markdown_table(header, table))
 
 
