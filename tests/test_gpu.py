@@ -6,32 +6,20 @@ checkpoints are the self-contained tiny BERT of tests/tiny_bert.py, so nothing n
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
 
+from tests.test_trainer import toy_rows, write_csv
 from tests.tiny_bert import make_checkpoint
 from training.__main__ import main as cli
 from training.model import BertForSequenceClassification
 
 pytestmark = pytest.mark.gpu
 
+# words of tests/tiny_bert.py's vocabulary, so the tiny tokenizer keeps them whole
 CUES = {"negative": "bad awful worst cancelled".split(), "positive": "love great happy wonderful".split()}
 FILLER = "the flight was my day is out what a so".split()
-
-
-def toy_csv(path, n=160, seed=0):
-    rng = random.Random(seed)
-    lines = ["text,label"]
-    for _ in range(n):
-        label = rng.choice(sorted(CUES))
-        words = rng.choices(FILLER, k=rng.randint(2, 8)) + rng.choices(CUES[label], k=2)
-        rng.shuffle(words)
-        lines.append(f"{' '.join(words)},{label}")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def batch(n=16, seed=0):
     """Rows of different lengths, right-padded, so packing and attention masks are exercised."""
@@ -46,7 +34,8 @@ def batch(n=16, seed=0):
 def test_cuda_fit_learns_under_autocast(tmp_path, amp, dtype):
     ckpt = make_checkpoint(tmp_path / "tiny")
     out = tmp_path / "run"
-    rc = cli(["fit", "--data", str(toy_csv(tmp_path / "toy.csv")), "--model", str(ckpt), "--device", "cuda",
+    toy = write_csv(tmp_path / "toy.csv", ["text", "label"], toy_rows(160, cues=CUES, filler=FILLER))
+    rc = cli(["fit", "--data", str(toy), "--model", str(ckpt), "--device", "cuda",
               "--amp", amp, "--epochs", "4", "--lr", "5e-3", "--batch-size", "8", "--max-length", "32",
               "--no-progress", "--out", str(out)])
     assert rc == 0

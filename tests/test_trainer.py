@@ -30,12 +30,12 @@ def tiny_checkpoint(folder: Path, tokenizer_from: Path, labels=("neg", "pos"), l
     return BertForSequenceClassification(config).save_pretrained(folder, tokenizer_from=tokenizer_from)
 
 
-def toy_rows(n: int, seed: int = 0):
-    """Texts whose label is given away by cue words among filler words."""
+def toy_rows(n: int, seed: int = 0, cues: dict = CUES, filler: list = FILLER):
+    """Texts whose label (a key of `cues`) is given away by its cue words among filler words."""
     rng = random.Random(seed)
     for _ in range(n):
-        label = rng.choice(["neg", "pos"])
-        words = rng.choices(FILLER, k=rng.randint(2, 6)) + rng.choices(CUES[label], k=3)
+        label = rng.choice(sorted(cues))
+        words = rng.choices(filler, k=rng.randint(2, 6)) + rng.choices(cues[label], k=3)
         rng.shuffle(words)
         yield " ".join(words), label
 
