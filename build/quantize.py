@@ -262,7 +262,8 @@ def sensitivity_markdown(base: dict, rows: list[dict], threshold: float, disable
     return ((f"{n} validation texts (one text = {1 / n:.4f} accuracy). " if n else "")
             + f"Validation accuracy: fp32 {base['fp32_accuracy']:.4f}, every group INT8 {base['accuracy']:.4f} "
             f"(agreement with fp32 {base['agreement']:.4f}). Groups go back to float, the most faithful first "
-            f"(agreement with fp32, then |dlogit|), while INT8 loses more than {threshold:.4f} against fp32 and the group's gain exceeds that.\n\n"
+            f"(agreement with fp32, then |dlogit|), while INT8 loses more than {threshold:.4f} against fp32 "
+            "and the group's gain exceeds that.\n\n"
             + markdown_table(header, table))
 
 

@@ -418,10 +418,11 @@ def render_markdown(doc: dict) -> str:
     if sweep:
         lines += ["", f"## Concurrency sweep: single-text requests against {sweep['model']}", "",
                   f"{sweep['texts_per_level']} texts per level per round, {m['rounds']} rounds, one client "
-                  "per concurrent thread; the dynamic batcher merges concurrent requests. Each round first "
+                  "per concurrent thread; the dynamic batcher merges concurrent requests. Each round also "
                   f"sends the same texts in requests of {m['batch_size']}, before and after its levels "
                   f"({_fmt(sweep.get('batch_samples_per_s'), '.1f')} samples/s, median); 'vs batch' is the "
-                  "median over rounds of each level against its own round's batch figure (the mean of its two passes).", "",
+                  "median over rounds of each level against its own round's batch figure (the mean of its "
+                  "two passes).", "",
                   f"| Concurrency | Samples/s | p50 ms | p99 ms | vs batch {m['batch_size']} |", "|---:|---:|---:|---:|---:|"]
         for lv in sweep["levels"]:
             lines.append(f"| {lv['concurrency']} | {lv['samples_per_s']:.1f} | {_fmt(lv['p50_ms'], '.1f')} | "
@@ -528,6 +529,7 @@ def benchmark(args, log=print) -> dict:
                                       rate=lambda: matmul_gflops(reps=args.matmul_reps))
     load_after = os.getloadavg()[0]
     matmul = dict(round_rates[0], gflops=statistics.median(r["gflops"] for r in round_rates),
+                  best_gflops=max(r["best_gflops"] for r in round_rates),
                   rounds_gflops=[r["gflops"] for r in round_rates])
 
     # FLOPs per sample on real tokens
