@@ -495,7 +495,7 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
                 for extra in onnx_external_files(source) if source.suffix == ".onnx" else ():
                     shutil.copy2(extra, staging / extra.name)
                 if rt.backend == "python":
-                    copy_source("onnxruntime_model.py", staging, ("batching.py",))
+                    copy_source("onnxruntime_model.py", staging, ("batching.py", "onnx_session.py"))
                 artifacts[e.model] = f"{source} sha256:{sha256(source)[:16]}"
         except Exception as err:
             # half precision on the CPU lacks some kernels in some torch builds: skip, say why

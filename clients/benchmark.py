@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from build.triton_models.batching import run_sorted_chunks   # what a served model runs, reused here
+from build.triton_models.batching import plan_threads, run_sorted_chunks   # what a served model runs, reused here
 from clients.classify import PROTOCOLS, Classifier, ClientError
 from clients.texts import add_text_arguments, texts_from_args
 
@@ -138,26 +138,19 @@ def runs_on(clf: Classifier, ensemble: str) -> str:
 class InProcessOnnx:
     def __init__(self, onnx_path: Path, tokenizer_json: Path, max_length: int, label_names: list[str],
                  multi_label: bool = False, threads: int = 0, chunk_rows: int = 0):
-        import onnxruntime as ort
+        from build.triton_models.onnx_session import open_session
         from tokenizers import Tokenizer
         self.tok = Tokenizer.from_file(str(tokenizer_json))
         self.tok.enable_truncation(max_length)
         pad_id = self.tok.token_to_id("[PAD]") or 0
         self.tok.enable_padding(pad_id=pad_id, pad_token="[PAD]")     # pad to the batch's longest text
-        # the served Python model's session settings (build/triton_models/onnxruntime_model.py), except
-        # that idle threads sleep instead of spinning: here the tokenizer runs between two session runs
-        # on the same cores, and spinning threads slowed this baseline by a third on 2 cores
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        # the served Python model's session and threads (build/triton_models/onnxruntime_model.py)
+        self.chunk_rows = chunk_rows      # > 0: run length-sorted chunks, each padded to its own longest
+        self.workers, intra_op = plan_threads(threads or os.cpu_count() or 1, chunk_rows)
+        self.session = open_session(onnx_path, intra_op)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.names, self.multi_label = label_names, multi_label
         self.onnx_path, self.max_length = onnx_path, max_length
-        self.chunk_rows = chunk_rows      # > 0: run length-sorted chunks, each padded to its own longest
 
     def infer(self, texts):
         enc = self.tok.encode_batch(texts)
@@ -165,7 +158,8 @@ class InProcessOnnx:
                 "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
         feed = {k: v for k, v in feed.items() if k in self.inputs}
-        logits = run_sorted_chunks(lambda b: self.session.run(["logits"], b)[0], feed, self.chunk_rows)
+        logits = run_sorted_chunks(lambda b: self.session.run(["logits"], b)[0], feed, self.chunk_rows,
+                                   self.workers)
         if self.multi_label:
             probs = 1 / (1 + np.exp(-logits))
             labels = [",".join(n for n, p in zip(self.names, row) if p >= 0.5) for row in probs]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from build.triton_models.batching import gather, run_sorted_chunks, split
+from build.triton_models.batching import gather, plan_threads, run_sorted_chunks, split
 
 
 def _batch(lengths, T, left_padded=False, seed=0):
@@ -49,6 +49,31 @@ def test_a_batch_no_larger_than_a_chunk_runs_as_it_came():
     calls = []
     run_sorted_chunks(_model(calls), batch, 8)
     assert calls == [(2, 16)]
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_chunks_run_side_by_side_give_the_same_result_and_split_small_batches(workers):
+    lengths = [5, 40, 7, 12, 3, 33, 9, 21, 6, 18]
+    batch = _batch(lengths, 48)
+    serial = run_sorted_chunks(_model([]), batch, 4)
+    calls = []
+    parallel = run_sorted_chunks(_model(calls), batch, 4, workers=workers)
+    np.testing.assert_array_equal(parallel, serial)
+    assert sorted(c[0] for c in calls) == [2, 4, 4]                # same chunks, any order
+    # a batch no larger than one chunk is still cut so that every worker gets a part
+    small, calls = _batch([3, 9, 5, 7, 2], 16), []
+    out = run_sorted_chunks(_model(calls), small, 8, workers=workers)
+    np.testing.assert_array_equal(out[:, 1], [3, 9, 5, 7, 2])
+    assert len(calls) == workers and sum(c[0] for c in calls) == 5
+    calls = []
+    run_sorted_chunks(_model(calls), _batch([4], 8), 8, workers=workers)   # one text: one run
+    assert calls == [(1, 8)]
+
+
+def test_thread_plan_chunks_side_by_side_or_one_run_on_every_thread():
+    assert plan_threads(2, 8) == (2, 1)     # chunks: each single-threaded, two at once
+    assert plan_threads(2, 0) == (1, 2)     # no chunks: one run on both threads
+    assert plan_threads(0, 8) == (1, 1)
 
 
 def test_features_follow_their_rows():

@@ -5,8 +5,9 @@ written by the build with our own save_pretrained) and training/ (a snapshot of 
 training/config.py and training/model.py taken at build time). The snapshot makes the
 repository self-contained: the server needs no checkout of this project on its path, and a
 later edit of training/ cannot change a model that is already deployed.
-Parameters: threads (torch intra-op threads, 0 = every core), pad_token_id, precision (fp32),
-sort_chunk_rows (> 0: run each batch as length-sorted chunks of that many rows; see batching.py).
+Parameters: threads (cores to use, 0 = every core), pad_token_id, precision (fp32),
+sort_chunk_rows (> 0: run each batch as length-sorted chunks of that many rows, `threads` chunks at
+once, each on one torch thread; 0: the whole batch at once on `threads` threads; see batching.py).
 """
 import json
 import os
@@ -34,7 +35,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("threads", "0") or 0) or os.cpu_count() or 1
-        torch.set_num_threads(threads)
+        self.chunk_rows = int(params.get("sort_chunk_rows", "0") or 0)
+        self.workers, intra_op = batching.plan_threads(threads, self.chunk_rows)
+        torch.set_num_threads(intra_op)
         try:
             torch.set_num_interop_threads(1)
         except RuntimeError:  # already set in this process
@@ -47,9 +50,9 @@ class TritonPythonModel:
         self.model.bert.packed = True   # dense layers on real tokens only (training/model.py Packing)
         self.num_features = self.model.config.num_tabular_features
         self.pad_token_id = int(params.get("pad_token_id", "0"))
-        self.chunk_rows = int(params.get("sort_chunk_rows", "0") or 0)
-        pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, {threads} threads, "
-                                 f"{self.model.num_parameters():,} parameters")
+        pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, "
+                                 f"{self.model.num_parameters():,} parameters, length-sorted chunks of "
+                                 f"{self.chunk_rows or 'all'} rows, {self.workers} at once x {intra_op} thread(s)")
 
     def execute(self, requests):
         def read(request, name):
@@ -65,7 +68,7 @@ class TritonPythonModel:
                     with torch.inference_mode():
                         return self.model(x["input_ids"], x["attention_mask"], x["token_type_ids"],
                                           features=x.get("features")).logits.float().numpy()
-                logits = batching.run_sorted_chunks(run, batch, self.chunk_rows)
+                logits = batching.run_sorted_chunks(run, batch, self.chunk_rows, self.workers)
                 outputs = {"logits": logits.astype(np.float32, copy=False)}
             except Exception as e:
                 errors = [err or f"PyTorch failed on a batch of {len(batch['input_ids'])}: {e}"
