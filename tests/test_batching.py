@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from build.triton_models.batching import gather, plan_threads, run_sorted_chunks, split
+from build.triton_models.batching import balanced_chunks, gather, plan_threads, run_sorted_chunks, split
 
 
 def _batch(lengths, T, left_padded=False, seed=0):
@@ -59,7 +59,8 @@ def test_chunks_run_side_by_side_give_the_same_result_and_split_small_batches(wo
     calls = []
     parallel = run_sorted_chunks(_model(calls), batch, 4, workers=workers)
     np.testing.assert_array_equal(parallel, serial)
-    assert sorted(c[0] for c in calls) == [2, 4, 4]                # same chunks, any order
+    assert all(rows <= 4 for rows, _ in calls) and sum(rows for rows, _ in calls) == 10
+    assert len(calls) % workers == 0                                # every worker gets as many
     # a batch no larger than one chunk is still cut so that every worker gets a part
     small, calls = _batch([3, 9, 5, 7, 2], 16), []
     out = run_sorted_chunks(_model(calls), small, 8, workers=workers)
@@ -68,6 +69,27 @@ def test_chunks_run_side_by_side_give_the_same_result_and_split_small_batches(wo
     calls = []
     run_sorted_chunks(_model(calls), _batch([4], 8), 8, workers=workers)   # one text: one run
     assert calls == [(1, 8)]
+
+
+def test_balanced_chunks_even_out_padded_sizes():
+    # 4 + 3 rows would pad to 4 x 25 = 100 and 3 x 60 = 180 tokens; 5 + 2 to 150 and 120
+    assert balanced_chunks([10, 15, 20, 25, 30, 40, 60], 2, 8) == [5, 2]
+    assert balanced_chunks([10, 15, 20, 25, 30, 40, 60], 2, 4) == [4, 3]   # at most 4 rows a chunk
+    assert balanced_chunks([7] * 32, 4, 8) == [8, 8, 8, 8]
+    assert balanced_chunks([3], 2, 8) == [1]
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        lengths = np.sort(rng.integers(1, 128, rng.integers(1, 40)))
+        parts, max_rows = int(rng.integers(1, 5)), int(rng.integers(1, 9))
+        parts = max(parts, -(-len(lengths) // max_rows))
+        sizes = balanced_chunks(lengths, parts, max_rows)
+        assert sum(sizes) == len(lengths) and len(sizes) <= parts and max(sizes) <= max_rows
+        bounds = np.cumsum([0] + sizes)
+        worst = max(int(lengths[b - 1]) * (b - a) for a, b in zip(bounds[:-1], bounds[1:]))
+        even = -(-len(lengths) // parts)     # the plain cut into equal row counts is never better
+        plain = max(int(lengths[min(a + even, len(lengths)) - 1]) * (min(a + even, len(lengths)) - a)
+                    for a in range(0, len(lengths), even))
+        assert worst <= plain or even > max_rows
 
 
 def test_thread_plan_chunks_side_by_side_or_one_run_on_every_thread():
