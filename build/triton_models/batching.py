@@ -133,9 +133,10 @@ def run_sorted_chunks(run, batch, chunk_rows, workers=1):
     work is padding. Sorted by real length and cut into chunks, each chunk is trimmed to its own
     longest text and wastes little; rows come back in the caller's order. chunk_rows <= 0 runs the
     batch as it came. workers > 1 runs that many chunks at once on threads (`run` must be
-    thread-safe and release the GIL, as ONNX Runtime and torch do); a batch is then cut into at
-    least `workers` chunks so that a few single texts merged by Triton use every core too. Shared
-    by the served models and the benchmark's in-process baseline.
+    thread-safe and release the GIL, as ONNX Runtime and torch do); a batch is then cut into
+    chunks of even padded size, up to a multiple of `workers` of them, so that a few single texts
+    merged by Triton use every core too. Shared by the served models and the benchmark's
+    in-process baseline.
     """
     n = len(batch["input_ids"])
     rows_per_chunk = min(chunk_rows, -(-n // max(1, workers)))
@@ -145,7 +146,7 @@ def run_sorted_chunks(run, batch, chunk_rows, workers=1):
     # each row's extent: one past its last real token (robust to any padding side)
     extent = np.where(mask.any(1), mask.shape[1] - np.argmax(mask[:, ::-1] != 0, axis=1), 1)
     order = np.argsort(extent, kind="stable")
-    if workers > 1:   # a multiple of `workers` chunks of even padded size, so every core stays busy
+    if workers > 1:   # up to a multiple of `workers` chunks of even padded size: every core stays busy
         n_chunks = -(-max(workers, -(-n // chunk_rows)) // workers) * workers
         sizes = balanced_chunks(extent[order], n_chunks, chunk_rows)
     else:
