@@ -270,11 +270,16 @@ def run_rounds(backends: dict, batches_per_round: list[list[list[int]]], texts, 
     return out, rates
 
 
-def round_ratio(row: dict, ref: dict) -> float:
-    """Median over rounds of row's samples/s over ref's in the same round. The rounds interleave the
+def median_ratio(per_round: list, ref_per_round: list) -> float:
+    """Median over rounds of a figure over its reference in the same round. The rounds interleave the
     backends, and this machine's speed drifts between rounds (one run's rounds read 76 to 116
     samples/s for one backend), so a ratio within a round is the fair comparison."""
-    return statistics.median(a / b for a, b in zip(row["rounds_samples_per_s"], ref["rounds_samples_per_s"]))
+    return statistics.median(a / b for a, b in zip(per_round, ref_per_round))
+
+
+def round_ratio(row: dict, ref: dict) -> float:
+    """median_ratio of two table rows' per-round samples/s."""
+    return median_ratio(row["rounds_samples_per_s"], ref["rounds_samples_per_s"])
 
 
 def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int = 0) -> tuple[list[dict], list]:
@@ -284,7 +289,7 @@ def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int =
     client, before and after its levels, and every level is compared with the mean of those two
     (median of the per-round ratios): the sweep takes minutes, over which this machine's speed drifts.
     """
-    per_level = {c: {"sps": [], "latency": [], "vs_batch": []} for c in levels}
+    per_level = {c: {"sps": [], "latency": []} for c in levels}
     batch_sps = []
 
     def batch_pass():
@@ -298,7 +303,6 @@ def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int =
 
     for r in range(rounds):
         before = batch_pass() if batch_size else None
-        round_sps = {}
         for c in levels:
             clients = [make_client() for _ in range(c)]
             for clf in clients:               # connect and warm each client before the clock starts
@@ -337,16 +341,13 @@ def concurrency_sweep(make_client, texts, levels, rounds, log, batch_size: int =
                 raise ClientError(f"concurrency sweep at {c}: {len(errors)} request(s) failed: {errors[0]}")
             per_level[c]["sps"].append(len(texts) / elapsed)
             per_level[c]["latency"] += lat
-            round_sps[c] = per_level[c]["sps"][-1]
             log(f"  round {r + 1}/{rounds}  concurrency {c:>2}  {per_level[c]['sps'][-1]:8.1f} samples/s")
         if batch_size:
             batch_sps.append((before + batch_pass()) / 2)
             log(f"  round {r + 1}/{rounds}  batch {batch_size:>2}     {batch_sps[-1]:8.1f} samples/s "
                 f"(mean of the passes before and after this round's levels)")
-            for c, x in round_sps.items():
-                per_level[c]["vs_batch"].append(x / batch_sps[-1])
     return [{"concurrency": c, "samples_per_s": statistics.median(v["sps"]), "rounds": v["sps"],
-             "vs_batch": statistics.median(v["vs_batch"]) if v["vs_batch"] else None,
+             "vs_batch": median_ratio(v["sps"], batch_sps) if batch_sps else None,
              "requests": len(v["latency"]), **percentiles_ms(v["latency"])} for c, v in per_level.items()], batch_sps
 
 
