@@ -14,14 +14,16 @@ COMMANDS = {
     # command: (module, one-line help)
     "quantize": ("build.quantize", "INT8 QAT with modelopt: calibrate, sensitivity analysis, short fine-tune"),
     "onnx": ("build.export_onnx", "export ONNX (fp32, fp16, int8 QDQ) and verify each against PyTorch fp32"),
-    "engines": ("build.tensorrt", "TensorRT plans fp16/int8 from the ONNX files (GPU + TensorRT only)"),
+    "engines": ("build.tensorrt", "TensorRT plans fp16/int8 from padded ONNX graphs, verified on held-out texts (GPU + TensorRT only)"),
+    "verify-plans": ("build.verify_plans", "run TensorRT plans on the held-out texts with the ONNX gates (skips without TensorRT)"),
+    "torchscript": ("build.export_torchscript", "TorchScript fp32/fp16 for the GPU repository (meant for the PyTorch 24.10 container)"),
     "repository": ("build.repository", "Triton model repository for --target cpu|gpu from a checkpoint and its exports (atomic swap)"),
     "throughput": ("build.verify", "ONNX Runtime samples/s on real held-out texts, in-process"),
 }
 
 # Errors that are the user's input or environment, printed as one line (exit 2); anything else is a bug.
 EXPECTED = ("BuildError", "ParityError", "TensorRTUnavailable", "ConfigError", "CheckpointError",
-            "FileNotFoundError", "ValueError")
+            "FileNotFoundError", "ValueError", "TorchScriptError", "PlanError")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,8 @@ Targets (ensemble `bert_<backend>_<precision>` -> composing model `<ensemble>_mo
   cpu  bert_pytorch_fp32  Python backend running our PyTorch model (checkpoint + training/ snapshot)
        bert_onnx_fp32     Python backend running ONNX Runtime on model_fp32.onnx
        bert_onnx_int8     Python backend running ONNX Runtime on model_int8.onnx (QDQ)
-  gpu  bert_pytorch_fp32  pytorch_libtorch, TorchScript traced here from our model
+  gpu  bert_pytorch_fp32  pytorch_libtorch, TorchScript (build/export_torchscript.py: traced in
+                         the server's container when available, else here)
        bert_pytorch_fp16  pytorch_libtorch, the same traced in half precision
        bert_onnx_fp16     onnxruntime_onnx on model_fp16.onnx
        bert_trt_fp16/int8 tensorrt_plan on model_fp16.plan / model_int8.plan
@@ -39,9 +40,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from build import model_configs as mcfg
+from build.export_torchscript import TorchScriptError, torchscript_for
 from build.model_configs import ServingSpec, mc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,82 +183,6 @@ def onnx_external_files(path: Path) -> list[Path]:
     files = {entry.value for t in model.graph.initializer for entry in t.external_data
              if entry.key == "location"}
     return [path.parent / f for f in sorted(files)]
-
-
-# ----------------------------------------------------------------------------------------------
-# TorchScript for the GPU libtorch backend
-
-class _Traceable(torch.nn.Module):
-    """Positional tensors in, float32 logits out (the libtorch backend maps inputs by argument name)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids, attention_mask, token_type_ids).logits.float()
-
-
-class _TraceableTabular(_Traceable):
-    def forward(self, input_ids, attention_mask, token_type_ids, features):
-        return self.model(input_ids, attention_mask, token_type_ids, features=features).logits.float()
-
-
-def _device_free(traced) -> int:
-    """Replace devices that tracing froze as constants ("cpu") with the device of an input.
-
-    Tracing records `torch.arange(T, device=x.device)` with the tracing device baked in; the
-    GPU server would then mix CPU and GPU tensors. Returns how many constants were replaced.
-    """
-    replaced = 0
-    for name, module in traced.named_modules():
-        if not module._c._has_method("forward"):
-            continue
-        graph = module.graph
-        tensors = [v for v in list(graph.inputs())[1:] if v.type().kind() == "TensorType"]
-        for node in list(graph.nodes()):
-            if node.kind() == "prim::Constant" and node.output().type().kind() == "DeviceObjType":
-                if not tensors:
-                    raise RepositoryError(f"TorchScript: {name or 'model'} creates tensors on a fixed "
-                                          "device and has no tensor input to take the device from")
-                device = graph.create("prim::device", [tensors[0]])
-                device.output().setType(torch._C.DeviceObjType.get())
-                device.insertBefore(node)
-                node.output().replaceAllUsesWith(device.output())
-                node.destroy()
-                replaced += 1
-    return replaced
-
-
-def trace_torchscript(model, precision: str, spec: ServingSpec, out_path: Path) -> None:
-    """Trace our model on the CPU (fp32, or fp16 weights) and check it against eager PyTorch."""
-    import copy
-
-    m = copy.deepcopy(model).eval()
-    if precision == "fp16":
-        m = m.half()
-    wrapper = (_TraceableTabular if spec.num_features else _Traceable)(m).eval()
-
-    def example(batch, T):
-        g = torch.Generator().manual_seed(batch * 1000 + T)
-        ids = torch.randint(1, m.config.vocab_size, (batch, T), generator=g)
-        mask = torch.ones_like(ids)
-        mask[0, T // 2:] = 0    # a padded row, so masking is part of what is checked
-        x = [ids, mask, torch.zeros_like(ids)]
-        if spec.num_features:
-            x.append(torch.randn(batch, spec.num_features, generator=g))
-        return tuple(x)
-
-    with torch.no_grad():
-        traced = torch.jit.trace(wrapper, example(2, 16), check_trace=False)
-        _device_free(traced)
-        for shape in ((3, 24), (1, 8)):   # other batch sizes and lengths than the trace's
-            x = example(*shape)
-            diff = (traced(*x) - wrapper(*x)).abs().max().item()
-            tol = 1e-4 if precision == "fp32" else 1e-2
-            if not diff <= tol:
-                raise RepositoryError(f"TorchScript {precision}: |Δlogit| {diff:.2e} > {tol} at shape {shape}")
-    torch.jit.save(traced, str(out_path))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -482,8 +407,11 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
         staging.mkdir(parents=True)
         try:
             if e.artifact == "torchscript":
-                trace_torchscript(torch_model(), e.precision, spec, staging / rt.model_file)
-                artifacts[e.model] = f"TorchScript {e.precision} traced from {checkpoint}"
+                try:
+                    artifacts[e.model] = torchscript_for(torch_model, checkpoint, e.precision, spec.num_features,
+                                                         staging / rt.model_file, [plan_dir, onnx_dir], log)
+                except TorchScriptError as err:
+                    raise RepositoryError(str(err)) from None
             elif e.artifact == "checkpoint":
                 torch_model().save_pretrained(staging / rt.model_file)
                 (staging / rt.model_file / "labels.txt").unlink(missing_ok=True)
