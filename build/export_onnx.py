@@ -152,9 +152,10 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
                max_length: int = 128, opset: int = OPSET, log=print, packed: bool = True) -> list:
     """The `onnx` stage: export, verify every file against PyTorch fp32 on `test`, then swap `out_dir` in.
 
-    `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files and
-    build_report.{json,md}. A rejected build leaves `out_dir` as it was and writes its report to
-    `<out_dir>.rejected/` for inspection.
+    `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files,
+    build_report.{json,md} and reference.json (the held-out texts and PyTorch fp32's logits, for
+    the TensorRT plans' check). A rejected build leaves `out_dir` as it was and writes its report
+    to `<out_dir>.rejected/` for inspection.
     """
     import json
     import shutil
@@ -174,7 +175,8 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
     try:
         with atomic_dir(out_dir) as tmp:
             paths = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log, packed)
-            results = verify_artifacts(checkpoint, paths, test, max_length, adapter=adapter, log=log)
+            results = verify_artifacts(checkpoint, paths, test, max_length, adapter=adapter, log=log,
+                                       reference_to=tmp)
             for r in results:
                 r.path = str(out_dir / Path(r.path).name)
             copy_checkpoint_metadata(checkpoint, tmp)

@@ -64,19 +64,25 @@ def ort_session(path: str | Path, threads: int | None = None):
         raise ParityError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:300]})") from None
 
 
-def onnx_logits(path: str | Path, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
-    """Logits in the examples' order, over the same length-sorted batches as the PyTorch reference."""
+def batched_logits(run_batch, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
+    """run_batch(feeds) -> logits on the same length-sorted batches as the PyTorch reference, returned
+    in the examples' order. Every runtime an export is judged in (ONNX Runtime, TensorRT) goes through it."""
     from build.artifacts import length_sorted
 
-    sess = ort_session(path)
-    wanted = {i.name for i in sess.get_inputs()}
     ordered, order = length_sorted(examples)
-    parts = [sess.run(["logits"], {k: v for k, v in feeds.items() if k in wanted})[0].astype(np.float32)
-             for feeds, _ in batches(ordered, encoder, batch_size)]
+    parts = [np.asarray(run_batch(feeds), dtype=np.float32) for feeds, _ in batches(ordered, encoder, batch_size)]
     out = np.zeros((len(examples), parts[0].shape[-1] if parts else 0), np.float32)
     if parts:
         out[order] = np.concatenate(parts)
     return out
+
+
+def onnx_logits(path: str | Path, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
+    """ONNX Runtime's logits in the examples' order (batched_logits)."""
+    sess = ort_session(path)
+    wanted = {i.name for i in sess.get_inputs()}
+    return batched_logits(lambda feeds: sess.run(["logits"], {k: v for k, v in feeds.items() if k in wanted})[0],
+                          examples, encoder, batch_size)
 
 
 def torch_logits(model, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
@@ -112,8 +118,11 @@ def compare(precision: str, path: str | Path, logits: np.ndarray, reference: np.
 
 def verify_artifacts(checkpoint: str | Path, artifacts: dict[str, str | Path], test: Examples,
                      max_length: int = 128, batch_size: int = 32, adapter: str | Path | None = None,
-                     log=print) -> list[Parity]:
-    """Every artifact against the PyTorch fp32 model of `checkpoint` on the texts of `test`."""
+                     log=print, reference_to: str | Path | None = None) -> list[Parity]:
+    """Every artifact against the PyTorch fp32 model of `checkpoint` on the texts of `test`.
+
+    reference_to: a folder to save the texts and the PyTorch fp32 logits in (build/reference.py),
+    so that checks without torch (TensorRT plans) judge against the same reference."""
     from build.artifacts import load_model
 
     if len(test) == 0:
@@ -123,6 +132,9 @@ def verify_artifacts(checkpoint: str | Path, artifacts: dict[str, str | Path], t
     t0 = time.time()
     reference = torch_logits(model, test, encoder, batch_size).astype(np.float64)
     log(f"PyTorch fp32 reference on {len(test)} held-out texts [{time.time() - t0:.0f}s]")
+    if reference_to is not None:
+        from build.reference import write_reference
+        write_reference(reference_to, test, reference, max_length, model.config.multi_label)
     results = []
     for precision, path in artifacts.items():
         t0 = time.time()
