@@ -34,8 +34,8 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup fetch train quantize onnx engines repository serve up down status rollout classify \
-        benchmark perf load experiments demo test test-fast lock clean
+.PHONY: help setup fetch train quantize onnx engines torchscript repository serve up down status rollout classify \
+        benchmark perf load experiments demo test test-fast lock clean gpu-report onnx-request-changed
 
 help: ## this table
 	@echo "Targets (variables: RUN=$(RUN) CHECKPOINT=$(CHECKPOINT) TARGET=$(TARGET) DATA=$(DATA) FULL=$(FULL)):"
@@ -73,7 +73,11 @@ train: $(CHECKPOINT)/model.safetensors ## fine-tune (skipped when the checkpoint
 QUANT_DIR  := $(BUILD_DIR)/quantized
 ONNX_DIR   := $(BUILD_DIR)/onnx
 PLAN_DIR   := $(BUILD_DIR)/engines
+TS_DIR     := $(BUILD_DIR)/torchscript
 QUANT_ARGS ?= --calib-texts $(CALIB) --sensitivity-texts $(SENS)
+PRECISIONS ?= fp32,int8
+ONNX_ARGS  ?=
+ENGINE_ARGS ?=
 
 $(QUANT_DIR)/quantize.json: $(CHECKPOINT)/model.safetensors
 	@echo "==> [quantize] INT8 QAT with modelopt ($(CALIB) calibration, $(SENS) sensitivity texts)"
@@ -81,19 +85,41 @@ $(QUANT_DIR)/quantize.json: $(CHECKPOINT)/model.safetensors
 
 quantize: $(QUANT_DIR)/quantize.json ## INT8 quantization-aware training (modelopt), sensitivity table
 
-$(ONNX_DIR)/build_report.json: $(QUANT_DIR)/quantize.json
-	@echo "==> [onnx] export fp32 + int8 QDQ, each verified against PyTorch on held-out texts"
+# The ONNX export depends on what was asked for: PRECISIONS or ONNX_ARGS given (command line or
+# environment) and different from the request the last export recorded in $(ONNX_STAMP) re-export.
+# Left unsaid (e.g. `make repository`), whatever was exported last is used as it is.
+# INT8 needs the quantized model; fp32/fp16 only the checkpoint.
+ONNX_REQUEST := precisions=$(PRECISIONS) args=$(strip $(ONNX_ARGS))
+ONNX_STAMP   := $(BUILD_DIR)/onnx.request
+ONNX_ASKED   := $(filter command environment,$(firstword $(origin PRECISIONS)) $(firstword $(origin ONNX_ARGS)))
+ifneq ($(ONNX_ASKED),)
+ifneq ($(file <$(ONNX_STAMP)),$(ONNX_REQUEST))
+ONNX_REASK   := onnx-request-changed
+endif
+endif
+onnx-request-changed:
+
+$(ONNX_DIR)/build_report.json: $(CHECKPOINT)/model.safetensors $(ONNX_REASK) \
+                               $(if $(findstring int8,$(PRECISIONS)),$(QUANT_DIR)/quantize.json)
+	@echo "==> [onnx] export $(PRECISIONS) $(ONNX_ARGS), each verified against PyTorch on held-out texts"
 	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --quantized $(QUANT_DIR) --precisions $(PRECISIONS) --out $(ONNX_DIR) $(ONNX_ARGS)
+	@printf '%s\n' '$(ONNX_REQUEST)' > $(ONNX_STAMP)
 
-PRECISIONS ?= fp32,int8
-ONNX_ARGS ?=
-onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ (PRECISIONS=fp32,fp16,int8), verified against PyTorch
+onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ (PRECISIONS=fp32,fp16,int8 ONNX_ARGS=--padded), verified against PyTorch
 
-engines: ## TensorRT fp16/int8 plans (GPU + TensorRT only; says so otherwise)
-	$(PY) -m build engines --onnx $(ONNX_DIR) --out $(PLAN_DIR)
+# No prerequisites: it runs in NVIDIA's TensorRT container (docker compose run --rm builder engines),
+# which has no torch to redo the ONNX stage; the timing cache beside $(PLAN_DIR) keeps rebuilds short.
+engines: ## TensorRT fp16/int8 plans from padded ONNX, verified on held-out texts (GPU + TensorRT only)
+	$(PY) -m build engines --onnx $(ONNX_DIR) --out $(PLAN_DIR) $(ENGINE_ARGS)
 
+torchscript: ## TorchScript fp32/fp16 for TARGET=gpu; meant for the PyTorch 24.10 container (docs/gpu.md)
+	$(PY) -m build torchscript --checkpoint $(CHECKPOINT) --out $(TS_DIR)
+
+# up to date: build.json newer than what went in (for gpu: the plans and TorchScript too, when present)
+GPU_INPUTS = $(if $(filter gpu,$(TARGET)),$(wildcard $(PLAN_DIR)/engines.json $(TS_DIR)/torchscript.json))
 repository: $(ONNX_DIR)/build_report.json ## model_repository/ for TARGET=cpu|gpu (atomic swap, new version; FORCE=1)
 	@if [ -z "$(FORCE)" ] && [ $(REPO)/build.json -nt $(ONNX_DIR)/build_report.json ] \
+	    && ! for f in $(GPU_INPUTS); do [ $(REPO)/build.json -nt $$f ] || echo stale; done | grep -q stale \
 	    && grep -q '"target": "$(TARGET)"' $(REPO)/build.json; then \
 	  echo "==> [repository] $(REPO) is up to date for TARGET=$(TARGET), skipped (FORCE=1 rebuilds)"; \
 	else \
@@ -139,6 +165,40 @@ load: ## bounded headless locust run (USERS=8 DURATION=30s) -> reports/load/
 experiments: $(VENV)/.installed ## the reference study's tables on the offline default -> reports/experiments.md
 	$(PY) -m training fetch
 	$(PY) -m training experiments --out reports
+
+# ---- the GPU report (an NVIDIA GPU host with Docker and the NVIDIA container toolkit; docs/gpu.md) -
+# Plans and TorchScript are made in NVIDIA's containers (TensorRT 24.10, PyTorch 24.10: the releases
+# the Triton 24.10 server loads), the repository and the clients run on the host, the server in the
+# container. Paths handed to the containers are relative to this folder (mounted at /workspace).
+COMPOSE     ?= docker compose
+GPU_OUT     ?= reports/gpu
+GPU_URL     ?= 127.0.0.1:8001
+GPU_BATCHES ?= 1 8 32 64
+GPU_LEVELS  ?= 1,2,4,8,16,32,64
+GPU_WAIT    ?= 900
+AS_ME        = HOST_UID=$$(id -u) HOST_GID=$$(id -g)
+IN_IMAGE     = RUN=$(RUN) CHECKPOINT=$(CHECKPOINT) BUILD_DIR=$(BUILD_DIR)
+GPU_BENCH    = $(PY) -m clients benchmark --url $(GPU_URL) --run $(RUN) --no-in-process --sweep-levels $(GPU_LEVELS)
+
+gpu-report: setup ## GPU host + Docker: plans, TorchScript, container, every GPU ensemble, benchmark, perf -> reports/gpu/
+	@$(MAKE) --no-print-directory onnx PRECISIONS=fp32,fp16,int8 ONNX_ARGS=--padded
+	$(PY) -m server admin-key >/dev/null
+	$(AS_ME) $(COMPOSE) run --rm builder engines $(IN_IMAGE)
+	$(AS_ME) $(COMPOSE) run --rm torchscript torchscript $(IN_IMAGE)
+	@$(MAKE) --no-print-directory repository TARGET=gpu FORCE=1
+	$(COMPOSE) up -d --build triton
+	@mkdir -p $(GPU_OUT); rc=0; \
+	  $(PY) -m clients.gpu_probe wait --out $(GPU_OUT) --timeout $(GPU_WAIT) \
+	    && $(PY) -m clients.gpu_probe probe --out $(GPU_OUT) --texts $(TEXTS) || rc=1; \
+	  if [ $$rc = 0 ]; then \
+	    for b in $(GPU_BATCHES); do \
+	      $(GPU_BENCH) --batch-size $$b --out $(GPU_OUT)/batch-$$b $$([ $$b = 32 ] || echo --no-sweep) || rc=1; \
+	    done; \
+	    $(PY) -m clients perf --url $(GPU_URL) --run $(RUN) --concurrency $(GPU_LEVELS) --out $(GPU_OUT)/perf || rc=1; \
+	  fi; \
+	  $(COMPOSE) logs --no-color triton > $(GPU_OUT)/triton.log 2>&1; $(COMPOSE) down; \
+	  $(PY) -m clients.gpu_report --out $(GPU_OUT) --build-dir $(BUILD_DIR) && cat $(GPU_OUT)/report.md; \
+	  exit $$rc
 
 # ---- the two commands ----------------------------------------------------------------------------
 demo: setup ## the whole job on CPU: data, train, quantize, export, Triton, classify, benchmark
