@@ -5,10 +5,12 @@
 # numpy < 2 (numpy 2 crashes it on string tensors). Versions match requirements.lock.
 FROM nvcr.io/nvidia/tritonserver:24.10-py3
 
-RUN python3 -m pip install --no-cache-dir "numpy==1.26.4" "tokenizers==0.23.3" \
+RUN python3 -m pip install --no-cache-dir --no-deps "numpy==1.26.4" "tokenizers==0.23.3" \
  && (command -v curl >/dev/null || (apt-get update \
      && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*))
 
 COPY docker/triton-entrypoint.sh /usr/local/bin/triton-entrypoint.sh
 RUN chmod 0755 /usr/local/bin/triton-entrypoint.sh
-ENTRYPOINT ["/usr/local/bin/triton-entrypoint.sh"]
+# NGC's entrypoint runs first: it sets up CUDA forward compatibility on data-center drivers older
+# than the image's CUDA 12.6, then execs its arguments: ours, which execs tritonserver.
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "/usr/local/bin/triton-entrypoint.sh"]

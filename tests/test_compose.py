@@ -53,6 +53,10 @@ def test_gpu_server_runs_the_same_triton_release_as_the_embedded_one(compose):
     # TensorRT plans only load in the TensorRT that built them: builder and server share the release
     builder = compose["services"]["builder"]
     assert _from_image(builder["build"]["dockerfile"]) == f"nvcr.io/nvidia/tensorrt:{release}-py3"
+    # TorchScript is read by the server's libtorch, which comes from the PyTorch container of its release
+    torchscript = compose["services"]["torchscript"]
+    assert _from_image(torchscript["build"]["dockerfile"]) == f"nvcr.io/nvidia/pytorch:{release}-py3"
+    assert builder["profiles"] == torchscript["profiles"] == ["build"]
 
 
 def test_triton_image_adds_tokenizers_and_numpy_below_2_as_pinned():
@@ -67,10 +71,19 @@ def test_locust_image_matches_the_pinned_locust(compose):
     assert compose["services"]["locust"]["image"] == f"locustio/locust:{_pin('requirements.txt', 'locust')}"
 
 
-def test_gpu_reserved_for_server_and_builder_only(compose):
+def test_gpu_reserved_for_server_and_builders_only(compose):
     services = compose["services"]
-    assert _has_gpu(services["triton"]) and _has_gpu(services["builder"])
+    assert _has_gpu(services["triton"]) and _has_gpu(services["builder"]) and _has_gpu(services["torchscript"])
     assert "deploy" not in services["locust"]
+
+
+def test_error_policy_is_explicit(compose):
+    """A model that fails to load leaves the others serving and the server not ready (docs/gpu.md):
+    the healthcheck then marks the container unhealthy instead of it exiting into a restart loop."""
+    triton = compose["services"]["triton"]
+    assert "--exit-on-error=false" in triton["command"] and "--strict-readiness=true" in triton["command"]
+    assert triton["restart"] == "unless-stopped"
+    assert not any(a.startswith("--exit-on-error=") and a != "--exit-on-error=false" for a in triton["command"])
 
 
 def test_repository_mounted_read_only(compose):
@@ -207,6 +220,6 @@ def test_docker_compose_config_accepts_the_file(tmp_path):
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     resolved = json.loads(out.stdout)
-    assert set(resolved["services"]) == {"triton", "builder", "locust"}
+    assert {"triton", "builder", "torchscript", "locust"} <= set(resolved["services"])
     ports = resolved["services"]["triton"]["ports"]
     assert {p["host_ip"] for p in ports} == {"127.0.0.1"}
