@@ -77,6 +77,11 @@ class ServerSettings:
     load_models: tuple = ()           # explicit mode: models to load at start ("*" = all)
     repository_poll_secs: int = 5
     exit_timeout_secs: int = 3        # in-flight work a SIGTERM waits for (Triton's default is 30)
+    # A model that fails to load at start: True (Triton's default) stops the server at once, so
+    # `make up`, the demo and the tests fail within seconds with the log tail naming the model.
+    # The GPU container runs False (docker-compose.yml, docs/gpu.md): the other models keep serving
+    # and readiness stays false, since there an exit becomes a restart loop. TRITON_EXIT_ON_ERROR.
+    exit_on_error: bool = True
     log_verbose: int = 0
     state_dir: Path = DEFAULT_STATE_DIR
     extra_args: tuple = field(default=())
@@ -92,6 +97,7 @@ class ServerSettings:
             metrics_port=_env_int("TRITON_METRICS_PORT", 8002),
             model_control_mode=os.environ.get("TRITON_MODEL_CONTROL_MODE") or "none",
             state_dir=Path(os.environ.get("TRITON_STATE_DIR") or DEFAULT_STATE_DIR),
+            exit_on_error=os.environ.get("TRITON_EXIT_ON_ERROR", "true").strip().lower() not in ("false", "0", "no"),
         )
         overrides = {k: v for k, v in overrides.items() if v is not None}
         for k in ("model_repository", "state_dir"):
@@ -292,6 +298,7 @@ class TritonServer:
                f"--grpc-address={s.host}", f"--grpc-port={s.grpc_port}",
                f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
                f"--exit-timeout-secs={s.exit_timeout_secs}",
+               f"--exit-on-error={str(bool(s.exit_on_error)).lower()}",
                f"--model-control-mode={s.model_control_mode}",
                f"--log-verbose={s.log_verbose}"]
         if s.model_control_mode == "poll":
