@@ -22,13 +22,23 @@ from pathlib import Path
 
 from build.artifacts import Encoder
 from build.reference import read_reference
-from build.tensorrt import ENGINE_PRECISIONS, TensorRTUnavailable
+from build.tensorrt import ENGINE_PRECISIONS, PlanError, TensorRTUnavailable
 from build.verify import LIMITS, PARITY_HEADER, Parity, batched_logits, compare, raise_on_failure
 from contract.files import atomic_write_json, atomic_write_text
 from contract.tables import markdown_table
 
 REPORT_JSON, REPORT_MD = "build_report.json", "build_report.md"
 SECTION = "## Parity of TensorRT plans against PyTorch fp32"
+# The tensor types the repository's tensorrt_plan configs declare (build/model_configs.py); a plan
+# whose types differ would be refused by Triton at load, so it is refused here first.
+SERVED_DTYPES = {"input_ids": "int64", "attention_mask": "int64", "token_type_ids": "int64", "features": "float32",
+                 "logits": "float32"}
+
+
+def dtype_problems(dtypes: dict) -> list[str]:
+    """Tensors of a plan (name -> numpy dtype name) whose type is not the one the configs declare."""
+    return [f"{n} is {d}, the Triton config declares {SERVED_DTYPES[n]}" for n, d in dtypes.items()
+            if n in SERVED_DTYPES and str(d) != SERVED_DTYPES[n]]
 
 
 def tensorrt_version() -> str | None:
@@ -69,6 +79,9 @@ def verify_plans(onnx_dir: str | Path, plans: dict[str, Path], batch_size: int =
     for precision, path in plans.items():
         t0 = time.time()
         with PlanRunner(path, cuda) as run:
+            problems = dtype_problems(run.dtypes)
+            if problems:
+                raise PlanError(f"{path}: " + "; ".join(problems))
             logits = batched_logits(run, examples, encoder, batch_size)
         r = compare(precision, path, logits, reference, examples.labels, meta["multi_label"])
         log(f"  {path.name}: max |dlogit| {r.max_abs_dlogit:.2e}, agreement {r.agreement:.4f}, accuracy "

@@ -18,7 +18,7 @@ from build.plan_runner import CUDART_NAMES, CudaRuntime
 from build.reference import read_reference
 from build.tensorrt import PlanError
 from build.verify import compare, onnx_logits
-from build.verify_plans import SECTION, report_plans
+from build.verify_plans import SECTION, SERVED_DTYPES, dtype_problems, report_plans
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +87,14 @@ def test_cuda_runtime_binding_copies_through_the_gpu_or_names_the_cuda_error():
 def test_a_missing_cuda_runtime_is_named():
     with pytest.raises(PlanError, match="libcudart.*not loadable here: tried libcudart-missing.so"):
         CudaRuntime(["libcudart-missing.so"])
+
+
+def test_plan_tensor_types_are_those_the_triton_configs_declare():
+    from build import model_configs as mcfg
+
+    spec = mcfg.ServingSpec(labels=("a", "b"), num_features=3)
+    names = {mcfg.mc.TYPE_INT64: "int64", mcfg.mc.TYPE_FP32: "float32"}
+    assert {n: names[t] for n, t, _ in mcfg.token_inputs(spec)} | {"logits": "float32"} == SERVED_DTYPES
+    assert dtype_problems({"input_ids": np.dtype("int64"), "logits": np.dtype("float32")}) == []
+    assert dtype_problems({"input_ids": np.dtype("int32"), "logits": np.dtype("float16")}) == [
+        "input_ids is int32, the Triton config declares int64", "logits is float16, the Triton config declares float32"]
