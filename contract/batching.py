@@ -1,6 +1,7 @@
 """One batch from all the requests of one execute() call, and the responses back.
 
-Copied next to model.py of every Python-backend classifier (ONNX Runtime and PyTorch). Triton's
+Used by every Python-backend classifier (ONNX Runtime and PyTorch) and by the benchmark's
+in-process baseline, which runs the graph exactly as the served model does. Triton's
 dynamic batcher hands execute() several requests; running them as one batch is the point of
 batching. They normally share one sequence length (the tokenizer pads each of its executions to
 one length), but a client may call a classifier directly, so each request is padded to the
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from contract.names import FEATURES, TEXT_INPUTS
 
 
 class BadRequest(ValueError):
@@ -28,7 +29,7 @@ def _check(arrays, num_features):
         if arrays[name].shape != shape:
             raise BadRequest(f"{name} has shape {arrays[name].shape} but input_ids has {shape}")
     if num_features:
-        f = arrays.get("features")
+        f = arrays.get(FEATURES)
         if f is None or f.shape != (shape[0], num_features):
             raise BadRequest(f"features must be ({shape[0]}, {num_features}), "
                              f"got {None if f is None else f.shape}")
@@ -40,7 +41,7 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
     read_input(request, name) returns that input as a numpy array (or None when absent).
     """
     per_request, errors = [], []
-    names = TEXT_INPUTS + (("features",) if num_features else ())
+    names = TEXT_INPUTS + ((FEATURES,) if num_features else ())
     for i, request in enumerate(requests):
         try:
             arrays = {}
@@ -68,7 +69,7 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
             np.pad(a[name].astype(np.int64, copy=False), ((0, 0), (0, T - a[name].shape[1])),
                    constant_values=pad_values[name]) for a in good])
     if num_features:
-        batch["features"] = np.concatenate([a["features"].astype(np.float32, copy=False) for a in good])
+        batch[FEATURES] = np.concatenate([a[FEATURES].astype(np.float32, copy=False) for a in good])
     return batch, rows, errors
 
 

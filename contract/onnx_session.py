@@ -1,13 +1,14 @@
 """The ONNX Runtime session settings of a served ONNX classifier, in one place.
 
-Copied next to model.py of the Python-backend ONNX Runtime classifier, and imported by the
-benchmark's in-process baseline, so that the baseline runs the graph exactly as the server does.
+Used by the Python-backend ONNX Runtime classifier and by the benchmark's in-process baseline and
+its GEMM rate, so that the baseline runs the graph exactly as the server does.
 """
 import onnxruntime as ort
 
 
-def open_session(path, intra_op_threads: int = 1, allow_spinning: bool = False) -> ort.InferenceSession:
-    """A CPU session on `path`: one graph at a time, all graph optimisations.
+def open_session(model, intra_op_threads: int = 1, allow_spinning: bool = False) -> ort.InferenceSession:
+    """A CPU session on `model` (a path, or a serialized graph as bytes): one graph at a time, all
+    graph optimisations.
 
     allow_spinning=False: idle intra-op threads sleep instead of spinning, because this process
     shares the cores with the tokenizer, the postprocess model and the server (spinning threads
@@ -19,4 +20,5 @@ def open_session(path, intra_op_threads: int = 1, allow_spinning: bool = False) 
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
