@@ -31,6 +31,9 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+import psutil
+
+from contract.errors import UserError
 from server import install
 
 REPO_ROOT = install.REPO_ROOT
@@ -45,7 +48,7 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 CONTROL_MODES = ("none", "explicit", "poll")
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """The server could not be started, became unhealthy or could not be stopped."""
 
 
@@ -224,16 +227,15 @@ def _busy_ports(settings):
 def _pid_alive(pid):
     """Alive and not a zombie (a zombie is dead; its parent has just not reaped it yet)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
 def _is_tritonserver(pid):
     try:
-        return b"tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return any("tritonserver" in part for part in psutil.Process(pid).cmdline())
+    except psutil.Error:
         return False
 
 
@@ -243,6 +245,14 @@ def log_tail(path, lines=40):
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def last_error(path):
+    """The log's last error line (Triton starts them with E<date>), else its last line: what a
+    one-line error message can quote."""
+    lines = [line.strip() for line in log_tail(path, 200).splitlines() if line.strip()]
+    errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit()]
+    return (errors or lines or ["(empty log)"])[-1][:300]
 
 
 def http_ready(url_host_port, timeout=1.0):
@@ -384,13 +394,13 @@ class TritonServer:
             if not self.running():
                 code = self._proc.returncode if self._proc is not None else "?"
                 self._forget()
-                raise ServerError(f"tritonserver exited (code {code}) before becoming ready; "
-                                  f"log {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServerError(f"tritonserver exited (code {code}) before becoming ready: "
+                                  f"{last_error(self.log_path)} (log {self.log_path})\n{log_tail(self.log_path)}")
             if self.ready():
                 return self
             if time.monotonic() > deadline:
-                raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}; "
-                                  f"log {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}: "
+                                  f"{last_error(self.log_path)} (log {self.log_path})\n{log_tail(self.log_path)}")
             time.sleep(0.2)
 
     def stop(self, grace=None, port_timeout=15.0):
