@@ -34,6 +34,7 @@ from pathlib import Path
 import psutil
 
 from contract.errors import UserError
+from contract.files import atomic_write_json
 from server import install
 
 REPO_ROOT = install.REPO_ROOT
@@ -324,9 +325,7 @@ class TritonServer:
         info = {"pid": self.pid, "host": s.host, "http_port": s.http_port, "grpc_port": s.grpc_port,
                 "metrics_port": s.metrics_port, "model_repository": str(Path(s.model_repository).resolve()),
                 "log": str(s.log_path), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        tmp = s.pid_path.with_name(f".server.pid.{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, s.pid_path)
+        atomic_write_json(s.pid_path, info, indent=1)
 
     @classmethod
     def from_pidfile(cls, state_dir=None):
