@@ -15,11 +15,16 @@ import numpy as np
 
 from contract.encoder import TextEncoder, checkpoint_pad_id, load_tokenizer_file
 from contract.errors import UserError
-from contract.files import atomic_dir  # noqa: F401  (the build stages import it from here)
+from contract.files import atomic_dir
 from contract.names import DEFAULT_MAX_LENGTH, LABEL_FILE, TOKENIZER_FILES
 from contract.postprocess import Postprocess
 from contract.split import load_split
-from contract.tables import markdown_table  # noqa: F401  (the build stages import it from here)
+from contract.tables import markdown_table
+
+__all__ = [  # what the build stages import from here (atomic_dir, markdown_table: the contract's)
+    "BuildError", "Examples", "load_examples", "Encoder", "length_sorted", "batches", "predictions", "accuracy",
+    "load_model", "copy_checkpoint_metadata", "atomic_dir", "markdown_table", "add_data_arguments", "split_path",
+    "examples_from_args"]
 
 
 class BuildError(UserError, RuntimeError):

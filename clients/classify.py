@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 import sys
 
-from clients.client import (DEFAULT_MODEL, PROTOCOLS, Classifier, ClientError, InferenceFailed,  # noqa: F401
-                            Prediction, ServerUnreachable, UnknownModel, discover_ensembles, is_retryable,
-                            normalize_url)
+from clients.client import (DEFAULT_MODEL, PROTOCOLS, Classifier, ClientError, InferenceFailed, Prediction,
+                            ServerUnreachable, UnknownModel, discover_ensembles, is_retryable, normalize_url)
+
+__all__ = [  # the client library, re-exported; then this command's own
+    "DEFAULT_MODEL", "PROTOCOLS", "Classifier", "ClientError", "InferenceFailed", "Prediction", "ServerUnreachable",
+    "UnknownModel", "discover_ensembles", "is_retryable", "normalize_url",
+    "add_arguments", "read_texts", "format_table", "main"]
 
 
 def add_arguments(p):

@@ -14,6 +14,9 @@ can point at arbitrary files) are restricted: an HTTP request must carry the hea
 `triton-admin-key: <key>`, a gRPC call the metadata `triton-grpc-protocol-triton-admin-key: <key>`
 (admin_headers() gives both). Inference, health, metadata, model config and statistics stay open,
 so ordinary clients and perf_analyzer need no key.
+
+Longer than 400 lines on purpose: the settings, the admin key, the pidfile and the child process
+are one server's state, read together by `python -m server`, the rollout and the tests.
 """
 
 import json

@@ -32,6 +32,9 @@ backoff) never see the outage. `--heal --watch 10` does that every 10 seconds.
 
 Everything here uses the restricted repository API, so it needs the admin key (the running
 server's .triton/admin_key, $TRITON_ADMIN_KEY or --admin-key); inference needs none.
+
+Longer than 400 lines on purpose: the plan (what changed on disk), its execution against the
+server and the healing share the repository reader and the admin HTTP calls, and read as one story.
 """
 from __future__ import annotations
 

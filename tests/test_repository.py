@@ -4,7 +4,6 @@ The tiny checkpoint (a WordPiece tokenizer made with `tokenizers`, a 2-layer BER
 save_pretrained) is also what tests/test_triton_cpu.py serves with the real Triton server.
 """
 import json
-import os
 import struct
 import sys
 from pathlib import Path

@@ -12,13 +12,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from contract.data import (KINDS, SO_COLUMNS, SO_FEATURES, TWEET_CLASSES, DataError, DataSpec,  # noqa: F401
-                           DataWarning, TextDataset, detect_kind, load_csv, load_dataset, load_multilabel,
-                           load_stackoverflow, load_tweets, portable_path)
-from contract.encoder import TextEncoder, check_max_length  # noqa: F401
-from contract.names import DEFAULT_MAX_LENGTH, MAX_POSITIONS as MAX_LENGTH_LIMIT  # noqa: F401
-from contract.split import (SPLIT_FRACTIONS, SPLITS, load_split, make_split, save_split,  # noqa: F401
-                            stratified_subsample)
+from contract.data import (KINDS, SO_COLUMNS, SO_FEATURES, TWEET_CLASSES, DataError, DataSpec, DataWarning,
+                           TextDataset, detect_kind, load_csv, load_dataset, load_multilabel, load_stackoverflow,
+                           load_tweets, portable_path)
+from contract.encoder import TextEncoder, check_max_length
+from contract.names import DEFAULT_MAX_LENGTH, MAX_POSITIONS as MAX_LENGTH_LIMIT
+from contract.split import SPLIT_FRACTIONS, SPLITS, load_split, make_split, save_split, stratified_subsample
+
+__all__ = [  # torch-free names re-exported from the contract, then this module's own
+    "KINDS", "SO_COLUMNS", "SO_FEATURES", "TWEET_CLASSES", "DataError", "DataSpec", "DataWarning", "TextDataset",
+    "detect_kind", "load_csv", "load_dataset", "load_multilabel", "load_stackoverflow", "load_tweets",
+    "portable_path", "TextEncoder", "check_max_length", "DEFAULT_MAX_LENGTH", "MAX_LENGTH_LIMIT",
+    "SPLIT_FRACTIONS", "SPLITS", "load_split", "make_split", "save_split", "stratified_subsample",
+    "load_tokenizer", "tokenize", "EncodedDataset"]
 
 
 def load_tokenizer(folder, max_length: int = DEFAULT_MAX_LENGTH) -> TextEncoder:

@@ -15,7 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from contract.files import atomic_write_json

@@ -5,6 +5,8 @@ Module and parameter names mirror Hugging Face's `modeling_bert.py` exactly
 state dict moves between this model and `transformers.BertForSequenceClassification` with no renaming.
 
 Shapes in comments: B batch, T tokens, C hidden size, nh heads, hs head size (C = nh * hs).
+Longer than 400 lines on purpose: one readable file for the whole model and its checkpoint I/O, as
+nanoGPT's model.py is; it is also what the served PyTorch model snapshots (build/repository_files.py).
 """
 from __future__ import annotations
 
