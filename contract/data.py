@@ -29,7 +29,7 @@ import numpy as np
 from contract.errors import UserError
 from contract.files import sha256_file
 
-log = logging.getLogger("training")
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TWEETS_PATH = REPO_ROOT / "data" / "tweets.csv"     # `python -m training fetch` puts it there

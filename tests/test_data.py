@@ -132,7 +132,7 @@ def test_multilabel_loader_and_errors(tmp_path):
 
 
 def test_tweets_binary_drops_neutral_and_3class_keeps_it(tweets_file, caplog):
-    with caplog.at_level("INFO", logger="training"):
+    with caplog.at_level("INFO", logger="contract.data"):
         ds = data.load_tweets(tweets_file)
     assert "dropped 2 neutral tweets, kept 4" in caplog.text
     assert ds.label_names == ["negative", "positive"] and ds.labels.tolist() == [0, 1, 0, 1]
