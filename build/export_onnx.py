@@ -80,11 +80,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
 
 # ---- precision variants --------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp16", "int8")
-# int8 stays padded. A packed QDQ graph once ran at 0.74x packed fp32: its Linears on 2-D packed
-# tensors exported as Gemm, which ONNX Runtime left in float on dequantized weights. Packed tensors
-# are 3-D now, so they export as integer MatMuls, and the packed int8 graph then ran level with the
-# padded one served in length-sorted chunks (122-127 samples/s on 1,024 test tweets, same rounds):
-# nothing to gain, and the padded graph is also the one TensorRT takes.
+# int8 stays padded: packed tensors are 3-D, so their Linears export as integer MatMuls (a 2-D
+# packed Linear exports as a Gemm that ONNX Runtime leaves in float on dequantized weights), but a
+# packed int8 graph runs no faster than the padded one served in length-sorted chunks, and the
+# padded graph is the one TensorRT takes.
 PACKABLE = ("fp32", "fp16")
 
 

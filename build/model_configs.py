@@ -195,8 +195,8 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         # Token tensors of single-text requests differ in length (each tokenizer execution pads to
         # its own longest text), and Triton's dynamic batcher only merges requests of one shape
         # unless the input is ragged. A Python model gets each request's tensors separately and
-        # pads them together (batching.gather), so it can take them ragged: at concurrency 16 the
-        # classifier then ran 1,024 single texts in 153 executions instead of 537. Native backends
+        # pads them together (batching.gather), so it can take them ragged and concurrent single
+        # texts share executions instead of running one execution per shape. Native backends
         # (ONNX Runtime, TensorRT, TorchScript) would need batch_input tensors to unpack a ragged
         # batch, so they keep the same-shape rule.
         i.allow_ragged_batch = rt.backend == "python" and tensor[0] in TEXT_INPUTS

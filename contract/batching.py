@@ -76,12 +76,10 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
 def plan_threads(threads, chunk_rows):
     """-> (chunks run at once, threads inside each run) for a model given `threads` cores.
 
-    Running length-sorted chunks side by side, each on one thread, beat one run at a time on every
-    thread: on 2 cores ONNX Runtime fp32 did 1.2x the samples/s, int8 1.2-1.3x, our PyTorch model
-    1.15-1.25x, at batch 32 on tweets (fewer CPU seconds per text too). A multi-threaded run splits
-    every op across threads and waits for the slowest at its end, and when the tokenizer, the
-    server or a client takes a core from one of them, the other waits with it. Without chunks
-    there is one run, so it gets all the threads.
+    Length-sorted chunks run side by side, each on one thread, rather than one run at a time on
+    every thread: a multi-threaded run splits every op across threads and waits for the slowest at
+    its end, and when the tokenizer, the server or a client takes a core from one of them, the
+    other waits with it. Without chunks there is one run, so it gets all the threads.
     """
     threads = max(1, int(threads))
     return (threads, 1) if chunk_rows > 0 else (1, threads)

@@ -11,8 +11,8 @@ def open_session(model, intra_op_threads: int = 1, allow_spinning: bool = False)
     graph optimisations.
 
     allow_spinning=False: idle intra-op threads sleep instead of spinning, because this process
-    shares the cores with the tokenizer, the postprocess model and the server (spinning threads
-    slowed the in-process baseline by a third on 2 cores). With one thread there is no pool at all.
+    shares the cores with the tokenizer, the postprocess model and the server, and spinning threads
+    take cycles from them. With one thread there is no pool at all.
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, int(intra_op_threads))

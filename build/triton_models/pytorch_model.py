@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 # Idle OpenMP threads must sleep, not spin: this process shares the cores with the tokenizer,
-# postprocess and the server itself, and spinning threads starved them (1.2 vs 14 texts/s for
-# single-text requests through the ensemble on 2 cores). Must be set before torch loads OpenMP.
+# postprocess and the server itself, and spinning threads starve them (single-text requests
+# through the ensemble slow down by an order of magnitude). Must be set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import triton_python_backend_utils as pb_utils
