@@ -1,24 +1,33 @@
 """What the build stages share: held-out examples, tokenization, model loading, atomic outputs.
 
 The build reads files only (a checkpoint folder, the dataset and its saved split) and writes each
-stage's output folder through a temp folder that is renamed at the end, so an interrupted stage
-leaves the previous output intact.
+stage's output folder through a temp folder that is renamed at the end (contract/files.py), so an
+interrupted stage leaves the previous output intact. Texts are tokenized and logits turned into
+labels by the contract's encoder and post-process, the same code the served models run.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_MAX_LENGTH = 128
+from contract.encoder import TextEncoder, checkpoint_pad_id, load_tokenizer_file
+from contract.errors import UserError
+from contract.files import atomic_dir
+from contract.names import DEFAULT_MAX_LENGTH, LABEL_FILE, TOKENIZER_FILES
+from contract.postprocess import Postprocess
+from contract.split import load_split
+from contract.tables import markdown_table
+
+__all__ = [  # what the build stages import from here (atomic_dir, markdown_table: the contract's)
+    "BuildError", "Examples", "load_examples", "Encoder", "length_sorted", "batches", "predictions", "accuracy",
+    "load_model", "copy_checkpoint_metadata", "atomic_dir", "markdown_table", "add_data_arguments", "split_path",
+    "examples_from_args"]
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """A build stage that cannot go on; the message is one line naming the file or value at fault."""
 
 
@@ -55,15 +64,10 @@ def load_examples(split_file: str | Path, data: str | Path | None = None, parts=
                   limit: int | None = None) -> dict[str, Examples]:
     """The parts of a run's saved split (training's split.json) as Examples (`limit`: a random sample).
 
-    The split names the dataset file and how it was loaded; `training.data.load_split` reloads it and
-    checks that the file is still the same (sha256). `data` points at the file if it moved.
+    The split names the dataset file and how it was loaded; `contract.split.load_split` reloads it
+    and checks that the file is still the same (sha256). `data` points at the file if it moved.
     """
-    from training.data import DataError, load_split
-
-    try:
-        _, splits = load_split(split_file, data)
-    except DataError as e:
-        raise BuildError(str(e).splitlines()[0]) from None
+    _, splits = load_split(split_file, data)
     out = {}
     for part in parts:
         ds = splits[part]
@@ -73,28 +77,12 @@ def load_examples(split_file: str | Path, data: str | Path | None = None, parts=
 
 
 # ---- tokenization --------------------------------------------------------------------------------
-class Encoder:
-    """The checkpoint's fast tokenizer: truncates to max_length, pads each batch to its longest text."""
+class Encoder(TextEncoder):
+    """The checkpoint's text encoder: its tokenizer.json and pad id, the served tokenizer's padding."""
 
     def __init__(self, folder: str | Path, max_length: int = DEFAULT_MAX_LENGTH):
-        from tokenizers import Tokenizer
-
-        path = Path(folder) / "tokenizer.json"
-        if not path.exists():
-            raise BuildError(f"{folder}: no tokenizer.json (the checkpoint must carry its fast tokenizer)")
-        self.tok = Tokenizer.from_file(str(path))
-        self.tok.enable_truncation(max_length)
-        pad_id = self.tok.token_to_id("[PAD]")
-        self.tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
-        self.max_length = max_length
-
-    def __call__(self, texts: list[str]) -> dict[str, np.ndarray]:
-        enc = self.tok.encode_batch(list(texts))
-        return {
-            "input_ids": np.array([e.ids for e in enc], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
-        }
+        tokenizer = load_tokenizer_file(folder)
+        super().__init__(tokenizer, max_length, checkpoint_pad_id(folder, tokenizer))
 
 
 def length_sorted(examples: Examples) -> tuple[Examples, np.ndarray]:
@@ -114,8 +102,10 @@ def batches(examples: Examples, encoder: Encoder, batch_size: int):
 
 
 # ---- predictions ---------------------------------------------------------------------------------
-def predictions(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    return (logits > 0).astype(np.int64) if multi_label else logits.argmax(-1)
+def predictions(logits: np.ndarray, multi_label: bool, thresholds=()) -> np.ndarray:
+    """Class index per text, or a 0/1 row per text (multi-label), as the served post-process decides."""
+    labels = tuple(str(i) for i in range(np.shape(logits)[-1]))
+    return Postprocess(labels, multi_label, thresholds).decisions(logits)
 
 
 def accuracy(pred: np.ndarray, labels) -> float:
@@ -126,9 +116,8 @@ def accuracy(pred: np.ndarray, labels) -> float:
 # ---- models --------------------------------------------------------------------------------------
 def load_model(checkpoint: str | Path, adapter: str | Path | None = None):
     """Our BERT from a checkpoint folder, in eval mode, with a LoRA adapter merged in if given."""
-    from training.config import ConfigError
     from training.lora import load_adapter, merge_and_unload
-    from training.model import BertForSequenceClassification, CheckpointError
+    from training.model import BertForSequenceClassification
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").exists():
@@ -138,53 +127,16 @@ def load_model(checkpoint: str | Path, adapter: str | Path | None = None):
         if adapter is not None:
             load_adapter(model, adapter)
             merge_and_unload(model)
-    except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:   # ConfigError, CheckpointError, a bad adapter file
         raise BuildError(str(e).splitlines()[0]) from None
     return model.eval()
 
 
 def copy_checkpoint_metadata(checkpoint: str | Path, dst: str | Path) -> None:
     """config.json, label names and tokenizer files: what a stage's output needs to stand alone."""
-    from training.model import TOKENIZER_FILES
-
-    for name in ("config.json", "labels.txt", *TOKENIZER_FILES):
+    for name in ("config.json", LABEL_FILE, *TOKENIZER_FILES):
         if (Path(checkpoint) / name).exists():
             shutil.copy2(Path(checkpoint) / name, Path(dst) / name)
-
-
-# ---- atomic outputs ------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_dir(final: str | Path):
-    """Yield a temp folder beside `final`; on success it replaces `final` whole, on error it is removed."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; servers in containers may read it as another user
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    from training.model import replace_dir
-
-    replace_dir(tmp, final)
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    def cell(v):
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
 
 
 # ---- command-line helpers shared by the stages ---------------------------------------------------

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from contract.files import atomic_dir, atomic_write
+from contract.names import DEFAULT_MAX_LENGTH, FEATURES, LOGITS, TEXT_INPUTS
+
 OPSET = 17
 
 
@@ -29,7 +31,7 @@ class LogitsOnly(nn.Module):
 
 
 def input_names(model: nn.Module) -> list[str]:
-    return list(TEXT_INPUTS) + (["features"] if model.config.num_tabular_features else [])
+    return list(TEXT_INPUTS) + ([FEATURES] if model.config.num_tabular_features else [])
 
 
 def example_inputs(model: nn.Module, batch: int = 2, seq: int = 16) -> tuple[torch.Tensor, ...]:
@@ -58,9 +60,9 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
     out_path.parent.mkdir(parents=True, exist_ok=True)
     names = input_names(model)
     dynamic = {n: {0: "batch", 1: "sequence"} for n in TEXT_INPUTS}
-    if "features" in names:
-        dynamic["features"] = {0: "batch"}
-    dynamic["logits"] = {0: "batch"}
+    if FEATURES in names:
+        dynamic[FEATURES] = {0: "batch"}
+    dynamic[LOGITS] = {0: "batch"}
     wrapper = LogitsOnly(model).eval()
     was_packed, model.bert.packed = model.bert.packed, packed
     try:
@@ -68,7 +70,7 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
             tmp_path = Path(tmp) / out_path.name
             with torch.no_grad():
                 torch.onnx.export(wrapper, example_inputs(model), str(tmp_path), input_names=names,
-                                  output_names=["logits"], dynamic_axes=dynamic, opset_version=opset,
+                                  output_names=[LOGITS], dynamic_axes=dynamic, opset_version=opset,
                                   dynamo=False, do_constant_folding=True)
             tmp_path.replace(out_path)
     finally:
@@ -78,11 +80,10 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
 
 # ---- precision variants --------------------------------------------------------------------------
 PRECISIONS = ("fp32", "fp16", "int8")
-# int8 stays padded. A packed QDQ graph once ran at 0.74x packed fp32: its Linears on 2-D packed
-# tensors exported as Gemm, which ONNX Runtime left in float on dequantized weights. Packed tensors
-# are 3-D now, so they export as integer MatMuls, and the packed int8 graph then ran level with the
-# padded one served in length-sorted chunks (122-127 samples/s on 1,024 test tweets, same rounds):
-# nothing to gain, and the padded graph is also the one TensorRT takes.
+# int8 stays padded: packed tensors are 3-D, so their Linears export as integer MatMuls (a 2-D
+# packed Linear exports as a Gemm that ONNX Runtime leaves in float on dequantized weights), but a
+# packed int8 graph runs no faster than the padded one served in length-sorted chunks, and the
+# padded graph is the one TensorRT takes.
 PACKABLE = ("fp32", "fp16")
 
 
@@ -103,12 +104,8 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    out_path = Path(out_path)
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
-    return out_path
+    return atomic_write(out_path, lambda tmp: onnx.save(model, str(tmp)))
 
 
 def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32", "int8"),
@@ -149,7 +146,7 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
 
 def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("fp32", "int8"),
                quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
-               max_length: int = 128, opset: int = OPSET, log=print, packed: bool = True) -> list:
+               max_length: int = DEFAULT_MAX_LENGTH, opset: int = OPSET, log=print, packed: bool = True) -> list:
     """The `onnx` stage: export, verify every file against PyTorch fp32 on `test`, then swap `out_dir` in.
 
     `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files,
@@ -160,7 +157,7 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
     import json
     import shutil
 
-    from build.artifacts import atomic_dir, copy_checkpoint_metadata
+    from build.artifacts import copy_checkpoint_metadata
     from build.verify import ParityError, raise_on_failure, verify_artifacts, write_report
 
     out_dir = Path(out_dir)

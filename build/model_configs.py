@@ -21,18 +21,19 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
+from contract import pbtxt
+from contract.errors import UserError
+from contract.files import atomic_write_text
+from contract.names import (CHARS_PER_TOKEN, DEFAULT_CHUNK_ROWS, DEFAULT_MAX_LENGTH, FEATURES, LABEL, LABEL_FILE,  # noqa: F401
+                            LOGITS, PAD_MULTIPLE, POSTPROCESS_MODEL as POSTPROCESS, PROBABILITIES, RAW_LOGITS, TEXT,
+                            TEXT_INPUTS, TOKENIZER_MODEL as TOKENIZER)
+from contract.params import ClassifierParams, PostprocessParams, TokenizerParams
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-LABEL_FILE = "labels.txt"
-TOKENIZER = "tokenizer"
-POSTPROCESS = "postprocess"
+mc = pbtxt.messages()   # tritonclient's model_config_pb2
 
 
-# Python-backend classifiers run each batch as length-sorted chunks of this many rows, each trimmed
-# to its own longest text (build/triton_models/batching.py); 0 runs the batch whole.
-DEFAULT_CHUNK_ROWS = 8
+class ServingSpecError(UserError, ValueError):
+    """Build options that no repository can serve (no labels, batch size 0, ...)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +44,7 @@ class ServingSpec:
     thresholds: tuple[float, ...] = ()   # multi-label: one per label (empty = 0.5 each)
     num_features: int = 0                # tabular models: raw numeric features per text
     max_batch_size: int = 64
-    max_length: int = 128                # tokens, [CLS] and [SEP] included
+    max_length: int = DEFAULT_MAX_LENGTH  # tokens, [CLS] and [SEP] included
     pad_token_id: int = 0
     queue_delay_us: int = 100            # dynamic batcher's wait for more requests
     warmup_length: int = 32              # tokens per warmup sample (a typical tweet pads to 32)
@@ -51,14 +52,14 @@ class ServingSpec:
 
     def __post_init__(self):
         if not self.labels:
-            raise ValueError("ServingSpec needs at least one label")
+            raise ServingSpecError("ServingSpec needs at least one label")
         if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be > 0 (got {self.max_batch_size}): "
+            raise ServingSpecError(f"max_batch_size must be > 0 (got {self.max_batch_size}): "
                              "ensembles and dynamic batching need a batch dimension")
         if self.thresholds and len(self.thresholds) != len(self.labels):
-            raise ValueError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+            raise ServingSpecError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
         if not 1 <= self.warmup_batch <= self.max_batch_size:
-            raise ValueError(f"warmup_batch {self.warmup_batch} must be in 1..max_batch_size")
+            raise ServingSpecError(f"warmup_batch {self.warmup_batch} must be in 1..max_batch_size")
 
     @property
     def num_labels(self) -> int:
@@ -105,8 +106,10 @@ def add_output(config: mc.ModelConfig, name: str, data_type: int, dims,
                              label_filename=label_filename)
 
 
-def set_parameter(config: mc.ModelConfig, key: str, value) -> None:
-    config.parameters[key].string_value = str(value)
+def set_parameters(config: mc.ModelConfig, params) -> None:
+    """A served model's typed parameters (contract/params.py), as Triton's string values."""
+    for key, value in params.to_parameters().items():
+        config.parameters[key].string_value = value
 
 
 def set_batching(config: mc.ModelConfig, spec: ServingSpec) -> None:
@@ -142,7 +145,7 @@ def token_inputs(spec: ServingSpec):
     """(name, data_type, dims) of a classifier's inputs, the order of the ONNX graph."""
     tensors = [(n, mc.TYPE_INT64, [-1]) for n in TEXT_INPUTS]
     if spec.num_features:
-        tensors.append(("features", mc.TYPE_FP32, [spec.num_features]))
+        tensors.append((FEATURES, mc.TYPE_FP32, [spec.num_features]))
     return tensors
 
 
@@ -151,17 +154,16 @@ def token_inputs(spec: ServingSpec):
 
 def tokenizer_config(spec: ServingSpec) -> mc.ModelConfig:
     c = new_config(TOKENIZER, spec, backend="python")
-    add_input(c, "text", mc.TYPE_STRING, [1])
+    add_input(c, TEXT, mc.TYPE_STRING, [1])
     for name in TEXT_INPUTS:
         add_output(c, name, mc.TYPE_INT64, [-1])
-    set_parameter(c, "max_length", spec.max_length)
-    set_parameter(c, "pad_to_multiple_of", 8)
-    set_parameter(c, "pad_token_id", spec.pad_token_id)
-    # characters kept per text before tokenizing: bounds the work one long text can cause
-    set_parameter(c, "max_text_chars", 64 * spec.max_length)
+    # max_text_chars: characters kept per text before tokenizing, which bounds the work one long text causes
+    set_parameters(c, TokenizerParams(max_length=spec.max_length, pad_to_multiple_of=PAD_MULTIPLE,
+                                      pad_token_id=spec.pad_token_id,
+                                      max_text_chars=CHARS_PER_TOKEN * spec.max_length))
     set_batching(c, spec)
     add_instances(c, CPU)
-    add_warmup(c, "text", spec.warmup_batch, {"text": (mc.TYPE_STRING, [1], "text")})
+    add_warmup(c, TEXT, spec.warmup_batch, {TEXT: (mc.TYPE_STRING, [1], TEXT)})
     return c
 
 
@@ -169,16 +171,14 @@ def postprocess_config(spec: ServingSpec, logits_type: int = mc.TYPE_FP32,
                        name: str = POSTPROCESS) -> mc.ModelConfig:
     """Raw logits (FP32 or FP16) -> logits (FP32), probabilities, label; shared by every ensemble."""
     c = new_config(name, spec, backend="python")
-    add_input(c, "raw_logits", logits_type, [spec.num_labels])
-    add_output(c, "logits", mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
-    add_output(c, "probabilities", mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
-    add_output(c, "label", mc.TYPE_STRING, [1])
-    set_parameter(c, "multi_label", str(spec.multi_label).lower())
-    thresholds = spec.thresholds or (0.5,) * spec.num_labels
-    set_parameter(c, "thresholds", ",".join(repr(float(t)) for t in thresholds))
+    add_input(c, RAW_LOGITS, logits_type, [spec.num_labels])
+    add_output(c, LOGITS, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
+    add_output(c, PROBABILITIES, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
+    add_output(c, LABEL, mc.TYPE_STRING, [1])
+    set_parameters(c, PostprocessParams(spec.multi_label, spec.thresholds or (0.5,) * spec.num_labels))
     set_batching(c, spec)
     add_instances(c, CPU)
-    add_warmup(c, "logits", spec.warmup_batch, {"raw_logits": (logits_type, [spec.num_labels], "zero")})
+    add_warmup(c, LOGITS, spec.warmup_batch, {RAW_LOGITS: (logits_type, [spec.num_labels], "zero")})
     return c
 
 
@@ -195,22 +195,19 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         # Token tensors of single-text requests differ in length (each tokenizer execution pads to
         # its own longest text), and Triton's dynamic batcher only merges requests of one shape
         # unless the input is ragged. A Python model gets each request's tensors separately and
-        # pads them together (batching.gather), so it can take them ragged: at concurrency 16 the
-        # classifier then ran 1,024 single texts in 153 executions instead of 537. Native backends
+        # pads them together (batching.gather), so it can take them ragged and concurrent single
+        # texts share executions instead of running one execution per shape. Native backends
         # (ONNX Runtime, TensorRT, TorchScript) would need batch_input tensors to unpack a ragged
         # batch, so they keep the same-shape rule.
         i.allow_ragged_batch = rt.backend == "python" and tensor[0] in TEXT_INPUTS
-    add_output(c, "logits", logits_type, [spec.num_labels], LABEL_FILE)
+    add_output(c, LOGITS, logits_type, [spec.num_labels], LABEL_FILE)
     if rt.backend == "python":
-        set_parameter(c, "model_file", rt.model_file)
-        set_parameter(c, "threads", threads)          # 0 = every core of the machine
-        set_parameter(c, "pad_token_id", spec.pad_token_id)
-        set_parameter(c, "precision", precision)
-        set_parameter(c, "sort_chunk_rows", chunk_rows)   # batching.run_sorted_chunks: less padding
-        if runtime == "python_onnxruntime":   # idle ORT threads sleep: the cores are shared
-            set_parameter(c, "allow_spinning", 0)
+        # threads 0 = every core; sort_chunk_rows: contract.batching.run_sorted_chunks (less padding);
+        # allow_spinning off: idle ONNX Runtime threads sleep, the cores are shared
+        set_parameters(c, ClassifierParams(model_file=rt.model_file, threads=threads, pad_token_id=spec.pad_token_id,
+                                           precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False))
     if rt.platform == "pytorch_libtorch":
-        set_parameter(c, "INFERENCE_MODE", "true")
+        c.parameters["INFERENCE_MODE"].string_value = "true"   # the libtorch backend's own parameter
     set_batching(c, spec)
     add_instances(c, rt.kind)
     T = spec.warmup_tokens
@@ -223,25 +220,24 @@ def ensemble_config(spec: ServingSpec, name: str, model_name: str,
                     postprocess_name: str = POSTPROCESS) -> mc.ModelConfig:
     """text (+ features) -> tokenizer -> model -> postprocess -> logits, probabilities, label."""
     c = new_config(name, spec, platform="ensemble")
-    add_input(c, "text", mc.TYPE_STRING, [1])
+    add_input(c, TEXT, mc.TYPE_STRING, [1])
     if spec.num_features:
-        add_input(c, "features", mc.TYPE_FP32, [spec.num_features])
-    add_output(c, "logits", mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
-    add_output(c, "probabilities", mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
-    add_output(c, "label", mc.TYPE_STRING, [1])
+        add_input(c, FEATURES, mc.TYPE_FP32, [spec.num_features])
+    add_output(c, LOGITS, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
+    add_output(c, PROBABILITIES, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
+    add_output(c, LABEL, mc.TYPE_STRING, [1])
 
     def step(model, inputs, outputs):
         s = c.ensemble_scheduling.step.add(model_name=model, model_version=-1)
         s.input_map.update(inputs)     # model's tensor name -> ensemble tensor name
         s.output_map.update(outputs)
 
-    step(TOKENIZER, {"text": "text"}, {n: n for n in TEXT_INPUTS})
+    step(TOKENIZER, {TEXT: TEXT}, {n: n for n in TEXT_INPUTS})
     model_inputs = {n: n for n in TEXT_INPUTS}
     if spec.num_features:
-        model_inputs["features"] = "features"
-    step(model_name, model_inputs, {"logits": "raw_logits"})
-    step(postprocess_name, {"raw_logits": "raw_logits"},
-         {"logits": "logits", "probabilities": "probabilities", "label": "label"})
+        model_inputs[FEATURES] = FEATURES
+    step(model_name, model_inputs, {LOGITS: RAW_LOGITS})
+    step(postprocess_name, {RAW_LOGITS: RAW_LOGITS}, {n: n for n in (LOGITS, PROBABILITIES, LABEL)})
     return c
 
 
@@ -258,23 +254,14 @@ def warmup_files(config: mc.ModelConfig) -> dict[str, tuple[int, list[int]]]:
 # ----------------------------------------------------------------------------------------------
 # text <-> message
 
-def to_text(config: mc.ModelConfig) -> str:
-    return text_format.MessageToString(config)
-
-
-def parse_config(text: str, source: str = "config.pbtxt") -> mc.ModelConfig:
-    try:
-        return text_format.Parse(text, mc.ModelConfig())
-    except text_format.ParseError as e:
-        raise ValueError(f"{source}: not a valid Triton ModelConfig ({e})") from None
+to_text = pbtxt.to_text
+parse_config = pbtxt.parse
 
 
 def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
     """Write model_dir/config.pbtxt and check that it parses back to the same message."""
-    path = Path(model_dir) / "config.pbtxt"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = Path(model_dir) / pbtxt.CONFIG_FILE
     text = to_text(config)
     if parse_config(text, str(path)) != config:
         raise AssertionError(f"{path}: config does not round-trip through text_format")
-    path.write_text(text)
-    return path
+    return atomic_write_text(path, text)

@@ -27,33 +27,27 @@ repository untouched. build.json at the top records what went in.
 from __future__ import annotations
 
 import argparse
-import ast
-import ctypes
 import dataclasses
 import datetime
-import hashlib
 import json
-import os
 import shutil
-import struct
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from build import model_configs as mcfg
 from build.export_torchscript import TorchScriptError, torchscript_for
 from build.model_configs import ServingSpec, mc
+from build.repository_files import (ROOT, building_dir, copy_source, next_version, remove_stale_temps,
+                                    snapshot_training, swap_in, warmup_tensors, write_model_dir)
+from build.repository_inputs import (SUBDIRS, RepositoryError, find_artifact, inspect_onnx, onnx_external_files,
+                                     plan_profile_problem, serving_spec)
+from contract import cli
+from contract.bert_config import BertConfig
+from contract.files import sha256_file
+from contract.names import DEFAULT_MAX_LENGTH, TOKENIZER_FILE
 
-ROOT = Path(__file__).resolve().parents[1]
-SOURCES = Path(__file__).resolve().parent / "triton_models"
-WARMUP_TEXT = "Warming up: the quick brown fox jumps over the lazy dog, and the server gets ready to answer."
 TARGETS = ("cpu", "gpu")
-DEFAULT_MAX_LENGTH = 128
-
-
-class RepositoryError(RuntimeError):
-    """The repository cannot be built; the message names the file or option at fault."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,8 +76,6 @@ ENTRIES = {
         Entry("bert_trt_int8", "tensorrt_plan", "int8", "model_int8.plan"),
     ),
 }
-# where exported files are looked for, under --onnx-dir / --plan-dir
-SUBDIRS = ("", "onnx", "engines")
 
 
 @dataclasses.dataclass
@@ -99,223 +91,6 @@ class BuildResult:
                  f"{len(self.models)} models, ensembles {', '.join(self.ensembles)}"]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# inputs
-
-def serving_spec(checkpoint: Path, max_length: int | None, max_batch_size: int,
-                 queue_delay_us: int) -> ServingSpec:
-    from training.config import BertConfig, ConfigError
-
-    try:
-        config = BertConfig.from_json_file(checkpoint / "config.json")
-    except ConfigError as e:
-        raise RepositoryError(str(e)) from None
-    thresholds = config.extra.get("label_thresholds") or ()
-    if isinstance(thresholds, (int, float)):
-        thresholds = [float(thresholds)] * config.num_labels
-    if max_length is None:   # the project's default, unless the model has fewer positions
-        max_length = min(DEFAULT_MAX_LENGTH, config.max_position_embeddings)
-    if max_length > config.max_position_embeddings:
-        raise RepositoryError(f"--max-length {max_length} exceeds the checkpoint's "
-                              f"max_position_embeddings {config.max_position_embeddings} ({checkpoint})")
-    return ServingSpec(labels=tuple(config.labels), multi_label=config.multi_label,
-                       thresholds=tuple(float(t) for t in thresholds),
-                       num_features=config.num_tabular_features, max_batch_size=max_batch_size,
-                       max_length=max_length, pad_token_id=config.pad_token_id,
-                       queue_delay_us=queue_delay_us)
-
-
-def find_artifact(name: str, dirs: list[Path | None]) -> Path | None:
-    for d in dirs:
-        if d is None:
-            continue
-        for sub in SUBDIRS:
-            if (d / sub / name).is_file():
-                return d / sub / name
-    return None
-
-
-def inspect_onnx(path: Path, spec: ServingSpec) -> int:
-    """Check the graph's inputs against the contract; return its logits' Triton data type."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    names = [i.name for i in model.graph.input]
-    expected = [n for n, _, _ in mcfg.token_inputs(spec)]
-    if names != expected:
-        raise RepositoryError(f"{path}: graph inputs {names}, expected {expected} (build/export_onnx.py)")
-    outputs = {o.name: o.type.tensor_type.elem_type for o in model.graph.output}
-    if "logits" not in outputs:
-        raise RepositoryError(f"{path}: no 'logits' output (has {sorted(outputs)})")
-    types = {onnx.TensorProto.FLOAT: mc.TYPE_FP32, onnx.TensorProto.FLOAT16: mc.TYPE_FP16}
-    if outputs["logits"] not in types:
-        raise RepositoryError(f"{path}: logits are {onnx.TensorProto.DataType.Name(outputs['logits'])}, "
-                              "expected FLOAT or FLOAT16")
-    return types[outputs["logits"]]
-
-
-def plan_profile_problem(plan: Path, spec: ServingSpec) -> str | None:
-    """Why a TensorRT plan cannot serve this repository's shapes (from engines.json beside it), or None.
-
-    Triton refuses a plan whose optimization profile is smaller than max_batch_size, and a text
-    longer than the profile's max sequence would fail at run time.
-    """
-    record = plan.parent / "engines.json"
-    if not record.is_file():
-        return None   # built elsewhere: Triton itself checks the batch dimension at load
-    profile = json.loads(record.read_text()).get("profile", {})
-    if profile.get("max_batch", spec.max_batch_size) < spec.max_batch_size:
-        return (f"{plan} was built for batches up to {profile['max_batch']} < --max-batch-size "
-                f"{spec.max_batch_size} (rebuild the engines with --max-batch {spec.max_batch_size})")
-    if profile.get("max_seq", spec.max_length) < spec.max_length:
-        return (f"{plan} was built for sequences up to {profile['max_seq']} < max length {spec.max_length} "
-                f"(rebuild the engines with --max-seq {spec.max_length})")
-    return None
-
-
-def onnx_external_files(path: Path) -> list[Path]:
-    """Files of a graph saved with external data (> 2 GB models): they travel with it."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    files = {entry.value for t in model.graph.initializer for entry in t.external_data
-             if entry.key == "location"}
-    return [path.parent / f for f in sorted(files)]
-
-
-# ----------------------------------------------------------------------------------------------
-# files inside the repository
-
-def serialize_strings(texts: list[str]) -> bytes:
-    """Triton's BYTES tensor layout: a 4-byte little-endian length before each element."""
-    out = b""
-    for t in texts:
-        b = t.encode("utf-8")
-        out += struct.pack("<I", len(b)) + b
-    return out
-
-
-def warmup_tensors(tokenizer_json: Path, spec: ServingSpec, features=None) -> dict[str, bytes]:
-    """Raw bytes of one real warmup sample per input name (one request's worth, batch dim excluded).
-
-    `features`: a typical raw feature row for tabular models (the training means), else zeros.
-    """
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(tokenizer_json))
-    tok.no_padding()
-    T = spec.warmup_tokens
-    tok.enable_truncation(T)
-    enc = tok.encode(WARMUP_TEXT)
-    n = len(enc.ids)
-    arrays = {"input_ids": np.full(T, spec.pad_token_id), "attention_mask": np.zeros(T),
-              "token_type_ids": np.zeros(T)}
-    arrays["input_ids"][:n], arrays["attention_mask"][:n] = enc.ids, 1
-    data = {k: v.astype("<i8").tobytes() for k, v in arrays.items()}
-    row = features if features is not None else np.zeros(spec.num_features)
-    data["features"] = np.asarray(row, dtype="<f4").tobytes()
-    data["text"] = serialize_strings([WARMUP_TEXT])
-    return data
-
-
-def write_model_dir(root: Path, config: mc.ModelConfig, version: int, spec: ServingSpec,
-                    warmup: dict[str, bytes]) -> Path:
-    """config.pbtxt, labels.txt (when an output names it), warmup/ files, an empty version folder."""
-    model_dir = root / config.name
-    mcfg.write_config(config, model_dir)
-    if any(o.label_filename for o in config.output):
-        (model_dir / mcfg.LABEL_FILE).write_text("\n".join(spec.labels) + "\n")
-    for name in mcfg.warmup_files(config):
-        (model_dir / "warmup").mkdir(exist_ok=True)
-        (model_dir / "warmup" / name).write_bytes(warmup[name])
-    (model_dir / str(version)).mkdir(parents=True)
-    return model_dir / str(version)
-
-
-def copy_source(name: str, version_dir: Path, helpers: tuple[str, ...] = ()) -> None:
-    shutil.copy2(SOURCES / name, version_dir / "model.py")
-    for helper in helpers:
-        shutil.copy2(SOURCES / helper, version_dir / helper)
-
-
-def training_modules(start: str = "model") -> list[str]:
-    """training/<start>.py and every training.* module it imports, found by reading the source."""
-    seen, todo = [], [start]
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.append(name)
-        tree = ast.parse((ROOT / "training" / f"{name}.py").read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("training."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("training.")]
-    return sorted(seen)
-
-
-def snapshot_training(version_dir: Path) -> list[str]:
-    """A copy of the training modules the PyTorch model needs, as package `training` beside model.py."""
-    pkg = version_dir / "training"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text('"""Snapshot of the project\'s training/ package taken by build/repository.py."""\n')
-    modules = training_modules()
-    for name in modules:
-        shutil.copy2(ROOT / "training" / f"{name}.py", pkg / f"{name}.py")
-    return modules
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-# ----------------------------------------------------------------------------------------------
-# versions and the atomic swap
-
-def next_version(out: Path) -> int:
-    """One above the highest version folder of any model in the repository being replaced."""
-    versions = [int(v.name) for m in (out.iterdir() if out.is_dir() else ()) if m.is_dir()
-                for v in m.iterdir() if v.is_dir() and v.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
-
-
-def swap_in(tmp: Path, out: Path) -> None:
-    """Put the finished tmp tree at `out`; the old tree is removed after readers see the new one."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if _exchange(tmp, out):        # out is the new tree now, tmp holds the old one
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _remove_stale_temps(out: Path) -> None:
-    """Temp trees of builds that were killed (their process is gone)."""
-    for d in out.parent.glob(f".{out.name}.building-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(d, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +111,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     for flag, d in (("--checkpoint", checkpoint), ("--onnx-dir", onnx_dir)):
         if d is not None and not d.is_dir():
             raise RepositoryError(f"{flag} {d}: no such folder")
-    tokenizer_json = checkpoint / "tokenizer.json"
+    tokenizer_json = checkpoint / TOKENIZER_FILE
     if not tokenizer_json.is_file():
         raise RepositoryError(f"{checkpoint}: no tokenizer.json (the tokenizer model runs the "
                               "checkpoint's fast tokenizer; save the checkpoint with its tokenizer files)")
@@ -344,8 +119,8 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     version = version or next_version(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(out)
-    tmp = out.parent / f".{out.name}.building-{os.getpid()}"
+    remove_stale_temps(out)
+    tmp = building_dir(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
@@ -363,8 +138,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
 
 def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx_dir, plan_dir,
               threads: int, version: int, log, chunk_rows: int) -> BuildResult:
-    from training.config import BertConfig
-    warmup = warmup_tensors(checkpoint / "tokenizer.json", spec,
+    warmup = warmup_tensors(checkpoint / TOKENIZER_FILE, spec,
                             BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
     models, ensembles, skipped, artifacts = [], [], {}, {}
     model = None   # our PyTorch model, loaded once when an entry needs it
@@ -416,15 +190,15 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
                 torch_model().save_pretrained(staging / rt.model_file)
                 (staging / rt.model_file / "labels.txt").unlink(missing_ok=True)
                 modules = snapshot_training(staging)
-                copy_source("pytorch_model.py", staging, ("batching.py",))
+                copy_source("pytorch_model.py", staging)
                 artifacts[e.model] = f"{checkpoint} (training/{{{','.join(modules)}}}.py snapshot)"
             else:
                 shutil.copy2(source, staging / rt.model_file)
                 for extra in onnx_external_files(source) if source.suffix == ".onnx" else ():
                     shutil.copy2(extra, staging / extra.name)
                 if rt.backend == "python":
-                    copy_source("onnxruntime_model.py", staging, ("batching.py", "onnx_session.py"))
-                artifacts[e.model] = f"{source} sha256:{sha256(source)[:16]}"
+                    copy_source("onnxruntime_model.py", staging)
+                artifacts[e.model] = f"{source} sha256:{sha256_file(source)[:16]}"
         except Exception as err:
             # half precision on the CPU lacks some kernels in some torch builds: skip, say why
             if e.artifact != "torchscript" or e.precision != "fp16":
@@ -453,7 +227,7 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
         models.append(name)
     version_dir = write_model_dir(root, mcfg.tokenizer_config(spec), version, spec, warmup)
     copy_source("tokenizer.py", version_dir)
-    shutil.copy2(checkpoint / "tokenizer.json", version_dir / "tokenizer.json")
+    shutil.copy2(checkpoint / TOKENIZER_FILE, version_dir / TOKENIZER_FILE)
     models.append(mcfg.TOKENIZER)
 
     manifest = {
@@ -477,7 +251,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx-dir", help="folder with model_fp32/fp16/int8.onnx (or in its onnx/)")
     p.add_argument("--plan-dir", help="folder with model_fp16/int8.plan (default: --onnx-dir)")
     p.add_argument("--out", default=str(ROOT / "model_repository"))
-    p.add_argument("--max-length", type=int, help="tokens per text (default 128, or fewer if the model has fewer positions)")
+    p.add_argument("--max-length", type=int, help=f"tokens per text (default {DEFAULT_MAX_LENGTH}, or fewer if the "
+                                                  "model has fewer positions)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
@@ -489,20 +264,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`python -m build repository ...` (build/__main__.py calls add_arguments and run)."""
-    try:
-        build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
-                         args.max_length, args.max_batch_size, args.queue_delay_us,
-                         args.threads, args.version, chunk_rows=args.sort_chunk_rows)
-    except RepositoryError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
+                     args.max_length, args.max_batch_size, args.queue_delay_us,
+                     args.threads, args.version, chunk_rows=args.sort_chunk_rows)
     return 0
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m build repository", description=__doc__.split("\n\n")[0])
     add_arguments(p)
-    sys.exit(run(p.parse_args(argv)))
+    args = p.parse_args(argv)
+    sys.exit(cli.run_guarded(lambda: run(args)))
 
 
 if __name__ == "__main__":

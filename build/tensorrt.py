@@ -43,7 +43,7 @@ PACKING_OPS = ("NonZero", "CumSum")
 TIMING_CACHE = "trt-timing.cache"
 
 
-class TensorRTUnavailable(RuntimeError):
+class TensorRTUnavailable(UserError, RuntimeError):
     pass
 
 

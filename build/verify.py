@@ -12,14 +12,15 @@ accuracy on the test texts and its recovery (accuracy / PyTorch fp32 accuracy). 
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
-from build.artifacts import (BuildError, Encoder, Examples, accuracy, batches, markdown_table,
-                             predictions, write_text_atomic)
+from build.artifacts import BuildError, Encoder, Examples, accuracy, batches, predictions
+from contract.files import atomic_write_json, atomic_write_text
+from contract.names import DEFAULT_MAX_LENGTH
+from contract.tables import markdown_table
 
 LIMITS = {"fp32": ("max_abs_dlogit", 1e-4), "fp16": ("max_abs_dlogit", 1e-2), "int8": ("recovery", 0.99)}
 
@@ -92,14 +93,16 @@ def torch_logits(model, examples: Examples, encoder: Encoder, batch_size: int = 
 
 
 def compare(precision: str, path: str | Path, logits: np.ndarray, reference: np.ndarray, labels,
-            multi_label: bool = False) -> Parity:
-    """Judge `logits` (from the artifact at `path`) against the PyTorch fp32 `reference` logits."""
+            multi_label: bool = False, thresholds=()) -> Parity:
+    """Judge `logits` (from the artifact at `path`) against the PyTorch fp32 `reference` logits;
+    labels are decided as the served post-process decides them (multi-label: `thresholds`)."""
     if logits.shape != reference.shape:
         return Parity(precision, str(path), len(reference), float("inf"), float("inf"), 0.0, 0.0,
-                      accuracy(predictions(reference, multi_label), labels), 0.0, False,
+                      accuracy(predictions(reference, multi_label, thresholds), labels), 0.0, False,
                       f"logits shape {logits.shape} != PyTorch {reference.shape}")
     diff = np.abs(logits.astype(np.float64) - reference)
-    pred, ref_pred = predictions(logits, multi_label), predictions(reference, multi_label)
+    pred = predictions(logits, multi_label, thresholds)
+    ref_pred = predictions(reference, multi_label, thresholds)
     acc, ref_acc = accuracy(pred, labels), accuracy(ref_pred, labels)
     recovery = acc / ref_acc if ref_acc > 0 else float(acc == ref_acc)
     metric, limit = LIMITS[precision]
@@ -117,7 +120,7 @@ def compare(precision: str, path: str | Path, logits: np.ndarray, reference: np.
 
 
 def verify_artifacts(checkpoint: str | Path, artifacts: dict[str, str | Path], test: Examples,
-                     max_length: int = 128, batch_size: int = 32, adapter: str | Path | None = None,
+                     max_length: int = DEFAULT_MAX_LENGTH, batch_size: int = 32, adapter: str | Path | None = None,
                      log=print, reference_to: str | Path | None = None) -> list[Parity]:
     """Every artifact against the PyTorch fp32 model of `checkpoint` on the texts of `test`.
 
@@ -139,7 +142,7 @@ def verify_artifacts(checkpoint: str | Path, artifacts: dict[str, str | Path], t
     for precision, path in artifacts.items():
         t0 = time.time()
         r = compare(precision, path, onnx_logits(path, test, encoder, batch_size), reference, test.labels,
-                    model.config.multi_label)
+                    model.config.multi_label, model.config.label_thresholds)
         log(f"  {precision}: max |dlogit| {r.max_abs_dlogit:.2e}, agreement {r.agreement:.4f}, accuracy "
             f"{r.accuracy:.4f} vs {r.reference_accuracy:.4f} ({100 * r.recovery:.2f}%) "
             f"{'PASS' if r.passed else 'FAIL: ' + r.reason} [{time.time() - t0:.0f}s]")
@@ -185,8 +188,8 @@ def write_report(out_dir: str | Path, results: list[Parity], quantize_report: di
                f"{va['int8_all']:.4f}, after disabling {va['int8_after_disable']:.4f}, after QAT {va['int8_after_qat']:.4f}",
                "", "### Sensitivity (one group kept in float at a time)", "",
                sensitivity_markdown(q["baseline"], q["sensitivity"], q["threshold"], q["disabled_groups"])]
-    json_path = write_text_atomic(out_dir / "build_report.json", json.dumps(data, indent=2) + "\n")
-    md_path = write_text_atomic(out_dir / "build_report.md", "\n".join(md) + "\n")
+    json_path = atomic_write_json(out_dir / "build_report.json", data)
+    md_path = atomic_write_text(out_dir / "build_report.md", "\n".join(md) + "\n")
     return json_path, md_path
 
 
@@ -239,5 +242,5 @@ def run(args) -> int:
         print(f"{precision}: {r['samples_per_s']:.1f} samples/s ({r['samples']} texts, batch {args.batch_size}, "
               f"{r['mean_tokens']:.1f} tokens per text on average)")
     if args.json:
-        write_text_atomic(args.json, json.dumps(rows, indent=2) + "\n")
+        atomic_write_json(args.json, rows)
     return 0

@@ -4,44 +4,24 @@
     benchmark   per-ensemble samples/s, latency, accuracy on the test split -> reports/benchmark.{md,json,png}
     perf        NVIDIA perf_analyzer over a concurrency range -> reports/perf/<model>.csv
     load        bounded headless locust run on the HTTP endpoint -> reports/load/
+
+The clients need no torch and none of the training/ or build/ modules: requirements-client.txt installs
+what they need.
 """
-import argparse
-import importlib
 import sys
 
-from clients.classify import ClientError
+from contract.cli import Command, main as run_cli
 
 COMMANDS = {
-    "classify": ("clients.classify", "classify texts on the running server"),
-    "benchmark": ("clients.benchmark", "per-backend throughput/latency/accuracy table"),
-    "perf": ("clients.perf", "perf_analyzer over a concurrency range"),
-    "load": ("clients.load", "headless locust run against the HTTP endpoint"),
+    "classify": Command("classify texts on the running server", "clients.classify", run="main"),
+    "benchmark": Command("per-backend throughput/latency/accuracy table", "clients.benchmark", run="main"),
+    "perf": Command("perf_analyzer over a concurrency range", "clients.perf", run="main"),
+    "load": Command("headless locust run against the HTTP endpoint", "clients.load", run="main"),
 }
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m clients", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
-    argv = sys.argv[1:] if argv is None else argv
-    # import only the chosen command's module (benchmark pulls in torch, load pulls in nothing heavy)
-    for name, (module, help_) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_)
-        if argv and argv[0] == name:
-            mod = importlib.import_module(module)
-            mod.add_arguments(sp)
-            sp.set_defaults(fn=mod.main)
-            sp.description = mod.__doc__
-            sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    args = p.parse_args(argv)
-    try:
-        return args.fn(args)
-    except ClientError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli("python -m clients", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

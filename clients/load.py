@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients.benchmark import _atomic_write
-from clients.classify import Classifier, ClientError, normalize_url
+from clients.client import Classifier, ClientError, normalize_url
+from contract.files import atomic_write_json, atomic_write_text
 from clients.texts import add_text_arguments, texts_from_args
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -119,7 +119,7 @@ def load(args, log=print) -> dict:
     held = texts_from_args(args).take(args.limit)
     out = Path(args.out)
     texts_path = out / "texts.json"
-    _atomic_write(texts_path, lambda tmp: tmp.write_text(json.dumps(held.texts, ensure_ascii=False)))
+    atomic_write_text(texts_path, json.dumps(held.texts, ensure_ascii=False))
 
     before = server_memory(port)
     log(f"locust: {args.users} users (spawn {args.spawn_rate}/s) for {args.duration} on {host}/v2/models/"
@@ -150,8 +150,8 @@ def load(args, log=print) -> dict:
            "command": " ".join(cmd[cmd.index("-f"):]).replace(str(Path(tmp)), str(out))}
     if proc.returncode != 0 and not stats["failures"]:
         doc["locust_output"] = (proc.stdout + proc.stderr)[-2000:]
-    _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
-    _atomic_write(out / "summary.md", lambda tmp: tmp.write_text(render(doc)))
+    atomic_write_json(out / "summary.json", doc, indent=1)
+    atomic_write_text(out / "summary.md", render(doc))
     return doc
 
 

@@ -22,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from clients.benchmark import _atomic_write, discover_ensembles
-from clients.classify import PROTOCOLS, Classifier, ClientError, normalize_url
+from clients.client import PROTOCOLS, Classifier, ClientError, discover_ensembles, normalize_url
+from contract.files import atomic_write, atomic_write_json, atomic_write_text
+from contract.tables import markdown_table
 from clients.texts import add_text_arguments, texts_from_args
 
 UNSTABLE = "Failed to obtain stable measurement"
@@ -43,7 +44,7 @@ def perf_analyzer():
 
 def write_input_data(texts, path: Path) -> Path:
     doc = {"data": [{"text": [t]} for t in texts]}
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(doc, ensure_ascii=False) + "\n"))
+    atomic_write_text(path, json.dumps(doc, ensure_ascii=False) + "\n")
     return path
 
 
@@ -137,15 +138,15 @@ def perf(args, log=print) -> dict:
                     w = csv.DictWriter(f, fieldnames=fields)
                     w.writeheader()
                     w.writerows(rows)
-            _atomic_write(out / f"{m}.csv", write)
-        _atomic_write(out / f"{m}.log", lambda tmp, m=m: tmp.write_text("\n".join(logs[m])))
+            atomic_write(out / f"{m}.csv", write)
+        atomic_write_text(out / f"{m}.log", "\n".join(logs[m]))
     doc = {"url": url, "protocol": args.protocol, "texts": len(held.texts), "text_source": held.source,
            "measurement_ms": args.measurement_ms, "levels": levels, "perf_analyzer": str(exe),
            "results": {m: [{k: v for k, v in e.items() if k != "row"} | _summary(e["row"]) for e in results[m]]
                        for m in models},
            "failures": failures}
-    _atomic_write(out / "summary.json", lambda tmp: tmp.write_text(json.dumps(doc, indent=1) + "\n"))
-    _atomic_write(out / "summary.md", lambda tmp: tmp.write_text(render(doc)))
+    atomic_write_json(out / "summary.json", doc, indent=1)
+    atomic_write_text(out / "summary.md", render(doc))
     return doc
 
 
@@ -161,18 +162,16 @@ def render(doc) -> str:
     lines = ["# perf_analyzer: single-text requests over a concurrency range", "",
              f"{doc['protocol']} {doc['url']}; {doc['texts']} real texts from {doc['text_source']} "
              f"(`--input-data`); measurement windows of {doc['measurement_ms']} ms. CSVs: `<model>.csv` "
-             "(perf_analyzer's columns), raw output: `<model>.log`.", "",
-             "| Model | Concurrency | Infer/s | p50 ms | p95 ms | p99 ms | Server queue us | Server compute us | Status |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "(perf_analyzer's columns), raw output: `<model>.log`.", ""]
+    rows = []
     for m, entries in doc["results"].items():
         for e in entries:
-            if "infer_per_s" in e:
-                lines.append(f"| {m} | {e['concurrency']} | {e['infer_per_s']:.1f} | {e['p50_ms']:.1f} | "
-                             f"{e['p95_ms']:.1f} | {e['p99_ms']:.1f} | {e['server_queue_us']} | "
-                             f"{e['server_compute_us']} | {e['status']} |")
-            else:
-                lines.append(f"| {m} | {e['concurrency']} | - | - | - | - | - | - | {e['status']} |")
-    lines += ["", f"Failures: {len(doc['failures'])}" + "".join(f"\n- {f}" for f in doc["failures"]), ""]
+            figures = ([f"{e['infer_per_s']:.1f}", f"{e['p50_ms']:.1f}", f"{e['p95_ms']:.1f}", f"{e['p99_ms']:.1f}",
+                        e["server_queue_us"], e["server_compute_us"]] if "infer_per_s" in e else ["-"] * 6)
+            rows.append([m, e["concurrency"], *figures, e["status"]])
+    lines.append(markdown_table(["Model", "Concurrency", "Infer/s", "p50 ms", "p95 ms", "p99 ms", "Server queue us",
+                                 "Server compute us", "Status"], rows, align="lrrrrrrrl"))
+    lines += [f"Failures: {len(doc['failures'])}" + "".join(f"\n- {f}" for f in doc["failures"]), ""]
     return "\n".join(lines)
 
 

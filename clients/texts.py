@@ -4,8 +4,8 @@
     texts = held_out_texts(texts_file="my.csv", text_column="body", label_column="tag")
     texts.texts, texts.labels (label names, or None when the file has no labels)
 
-The split is read through training/data.py (`load_split`), so the benchmark scores exactly the texts
-that training held out, and fails loudly if the data file changed since.
+The split is read by contract/split.py (`load_split`), so the benchmark scores exactly the texts that
+training held out, and fails loudly if the data file changed since.
 """
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from clients.classify import ClientError
+from clients.client import ClientError
+from contract.data import load_csv, read_csv
+from contract.split import load_split
 
 SPLIT_NAMES = ("split.json",)
 
@@ -54,11 +56,7 @@ def find_split(run: str | Path) -> Path:
 
 
 def _from_split(path: Path, split: str = "test") -> HeldOut:
-    from training.data import DataError, load_split
-    try:
-        _, parts = load_split(path)
-    except DataError as e:
-        raise ClientError(f"cannot read the saved split: {e}") from None
+    _, parts = load_split(path)
     ds = parts[split]
     names = list(ds.label_names)
     if ds.multi_label:
@@ -79,18 +77,11 @@ def _from_file(path: Path, text_column: str, label_column: str | None, encoding:
         if not texts:
             raise ClientError(f"--texts {path}: no non-blank lines")
         return HeldOut(texts, None, None, False, f"{path} ({len(texts)} lines)")
-    from training.data import DataError, load_csv
-    try:
-        if label_column:
-            ds = load_csv(path, text_column, label_column, encoding=encoding)
-            return HeldOut(list(ds.texts), [ds.label_names[int(i)] for i in ds.labels], list(ds.label_names),
-                           False, f"{path} ({len(ds)} texts, columns {text_column}/{label_column})")
-        import pandas as pd
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=encoding)
-    except DataError as e:
-        raise ClientError(str(e)) from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise ClientError(f"--texts {path}: not a readable CSV file ({e})") from None
+    if label_column:
+        ds = load_csv(path, text_column, label_column, encoding=encoding)
+        return HeldOut(list(ds.texts), [ds.label_names[int(i)] for i in ds.labels], list(ds.label_names),
+                       False, f"{path} ({len(ds)} texts, columns {text_column}/{label_column})")
+    df = read_csv(path, encoding)
     if text_column not in df.columns:
         raise ClientError(f"--texts {path}: no column {text_column!r}; the file has {list(df.columns)}")
     texts = [t for t in df[text_column].tolist() if t.strip()]

@@ -14,12 +14,12 @@ TRITON_HOST / TRITON_MODEL_REPOSITORY / TRITON_MODEL_CONTROL_MODE / TRITON_STATE
 (127.0.0.1, 8000/8001/8002, model_repository/, .triton/).
 """
 
-import argparse
 import json
 import signal
 import sys
 import urllib.request
 
+from contract import cli
 from server import install
 from server.embedded import (ADMIN_HEADER, CONTROL_MODES, ServerError, ServerSettings, TritonServer,
                              admin_key, log_tail, read_pidfile)
@@ -135,54 +135,46 @@ def cmd_admin_key(args):
     return 0
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["rollout"]:  # its own parser: server/rollout.py
-        from server import rollout
-        return rollout.main(argv[1:])
-    p = argparse.ArgumentParser(prog="python -m server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+def add_state_dir(sp):
+    sp.add_argument("--state-dir", help="folder for pidfile, logs and admin key (default .triton)")
 
-    def common(sp):
-        sp.add_argument("--state-dir", help="folder for pidfile, logs and admin key (default .triton)")
 
-    sp = sub.add_parser("install", help="install tritonserver and perf_analyzer into the repository")
+def add_install_arguments(sp):
     sp.add_argument("--force", action="store_true", help="reinstall even if present")
     sp.add_argument("--no-perf-analyzer", action="store_true", help="only the server (no download)")
-    sp.set_defaults(fn=cmd_install)
 
-    for name, fn, help_ in (("serve", cmd_serve, "run in the foreground"),
-                            ("up", cmd_up, "start in the background and wait until ready")):
-        sp = sub.add_parser(name, help=help_)
-        common(sp)
-        sp.add_argument("--model-repository", help="default $TRITON_MODEL_REPOSITORY or model_repository/")
-        sp.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
-        sp.add_argument("--http-port", type=int)
-        sp.add_argument("--grpc-port", type=int)
-        sp.add_argument("--metrics-port", type=int)
-        sp.add_argument("--model-control-mode", choices=CONTROL_MODES)
-        sp.add_argument("--load-model", action="append", metavar="NAME",
-                        help="explicit mode: load at start (repeatable, '*' for all)")
-        sp.add_argument("--repository-poll-secs", type=int)
-        sp.add_argument("--exit-timeout-secs", type=int)
-        sp.add_argument("--log-verbose", type=int)
-        sp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
-        sp.set_defaults(fn=fn)
 
-    for name, fn, help_ in (("down", cmd_down, "stop the background server"),
-                            ("status", cmd_status, "show the background server"),
-                            ("admin-key", cmd_admin_key, f"print the {ADMIN_HEADER} value")):
-        sp = sub.add_parser(name, help=help_)
-        common(sp)
-        sp.set_defaults(fn=fn)
+def add_server_arguments(sp):
+    add_state_dir(sp)
+    sp.add_argument("--model-repository", help="default $TRITON_MODEL_REPOSITORY or model_repository/")
+    sp.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 exposes it)")
+    sp.add_argument("--http-port", type=int)
+    sp.add_argument("--grpc-port", type=int)
+    sp.add_argument("--metrics-port", type=int)
+    sp.add_argument("--model-control-mode", choices=CONTROL_MODES)
+    sp.add_argument("--load-model", action="append", metavar="NAME",
+                    help="explicit mode: load at start (repeatable, '*' for all)")
+    sp.add_argument("--repository-poll-secs", type=int)
+    sp.add_argument("--exit-timeout-secs", type=int)
+    sp.add_argument("--log-verbose", type=int)
+    sp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
 
-    args = p.parse_args(argv)
-    try:
-        return args.fn(args)
-    except (ServerError, install.InstallError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+COMMANDS = {
+    "install": cli.Command("install tritonserver and perf_analyzer into the repository",
+                           run=cmd_install, add_arguments=add_install_arguments),
+    "serve": cli.Command("run in the foreground", run=cmd_serve, add_arguments=add_server_arguments),
+    "up": cli.Command("start in the background and wait until ready", run=cmd_up, add_arguments=add_server_arguments),
+    "down": cli.Command("stop the background server", run=cmd_down, add_arguments=add_state_dir),
+    "status": cli.Command("show the background server", run=cmd_status, add_arguments=add_state_dir),
+    "admin-key": cli.Command(f"print the {ADMIN_HEADER} value", run=cmd_admin_key, add_arguments=add_state_dir),
+    "rollout": cli.Command("load a rebuilt repository into the running server (explicit mode), no failed "
+                           "requests; --heal reloads dead stubs", module="server.rollout"),
+}
+
+
+def main(argv=None):
+    return cli.main("python -m server", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

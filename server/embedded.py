@@ -14,6 +14,9 @@ can point at arbitrary files) are restricted: an HTTP request must carry the hea
 `triton-admin-key: <key>`, a gRPC call the metadata `triton-grpc-protocol-triton-admin-key: <key>`
 (admin_headers() gives both). Inference, health, metadata, model config and statistics stay open,
 so ordinary clients and perf_analyzer need no key.
+
+Longer than 400 lines on purpose: the settings, the admin key, the pidfile and the child process
+are one server's state, read together by `python -m server`, the rollout and the tests.
 """
 
 import json
@@ -31,6 +34,10 @@ from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+import psutil
+
+from contract.errors import UserError
+from contract.files import atomic_write_json
 from server import install
 
 REPO_ROOT = install.REPO_ROOT
@@ -45,7 +52,7 @@ RESTRICTED_APIS = ("model-repository", "shared-memory", "logging", "trace")
 CONTROL_MODES = ("none", "explicit", "poll")
 
 
-class ServerError(RuntimeError):
+class ServerError(UserError, RuntimeError):
     """The server could not be started, became unhealthy or could not be stopped."""
 
 
@@ -230,16 +237,15 @@ def _busy_ports(settings):
 def _pid_alive(pid):
     """Alive and not a zombie (a zombie is dead; its parent has just not reaped it yet)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
 
 
 def _is_tritonserver(pid):
     try:
-        return b"tritonserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        return any("tritonserver" in part for part in psutil.Process(pid).cmdline())
+    except psutil.Error:
         return False
 
 
@@ -249,6 +255,14 @@ def log_tail(path, lines=40):
     except OSError:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+def last_error(path):
+    """The log's last error line (Triton starts them with E<date>), else its last line: what a
+    one-line error message can quote."""
+    lines = [line.strip() for line in log_tail(path, 200).splitlines() if line.strip()]
+    errors = [line for line in lines if line[:1] == "E" and line[1:5].isdigit()]
+    return (errors or lines or ["(empty log)"])[-1][:300]
 
 
 def http_ready(url_host_port, timeout=1.0):
@@ -321,9 +335,7 @@ class TritonServer:
         info = {"pid": self.pid, "host": s.host, "http_port": s.http_port, "grpc_port": s.grpc_port,
                 "metrics_port": s.metrics_port, "model_repository": str(Path(s.model_repository).resolve()),
                 "log": str(s.log_path), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        tmp = s.pid_path.with_name(f".server.pid.{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, s.pid_path)
+        atomic_write_json(s.pid_path, info, indent=1)
 
     @classmethod
     def from_pidfile(cls, state_dir=None):
@@ -391,13 +403,13 @@ class TritonServer:
             if not self.running():
                 code = self._proc.returncode if self._proc is not None else "?"
                 self._forget()
-                raise ServerError(f"tritonserver exited (code {code}) before becoming ready; "
-                                  f"log {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServerError(f"tritonserver exited (code {code}) before becoming ready: "
+                                  f"{last_error(self.log_path)} (log {self.log_path})\n{log_tail(self.log_path)}")
             if self.ready():
                 return self
             if time.monotonic() > deadline:
-                raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}; "
-                                  f"log {self.log_path}:\n{log_tail(self.log_path)}")
+                raise ServerError(f"tritonserver not ready after {timeout:.0f} s on {self.http_url}: "
+                                  f"{last_error(self.log_path)} (log {self.log_path})\n{log_tail(self.log_path)}")
             time.sleep(0.2)
 
     def stop(self, grace=None, port_timeout=15.0):

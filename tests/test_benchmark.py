@@ -10,8 +10,9 @@ import subprocess
 import pytest
 
 from clients.__main__ import main as cli
-from clients.benchmark import describe, find_in_repository
-from clients.testing import ENSEMBLES, tiny_served  # noqa: F401  (session fixture)
+from clients.baseline import InProcessOnnx, ServedFiles, find_in_repository
+from clients.benchmark import describe
+from tiny_bert import SERVED_ENSEMBLES as ENSEMBLES
 from clients.texts import held_out_texts
 
 COLUMNS = ("Framework", "Precision", "Samples/s", "Speedup", "p50 ms", "p95 ms", "p99 ms", "Accuracy", "Recovery",
@@ -48,6 +49,7 @@ def test_short_benchmark_writes_complete_reports(tiny_served, tmp_path, capsys):
     assert rows["bert_onnx_fp32"]["accuracy"] == rows["-"]["accuracy"]
     meta = doc["meta"]
     assert meta["matmul"]["gflops"] > 0 and meta["flops"]["mean_tokens"] > 2
+    assert meta["matmul"]["source"] == "ONNX Runtime MatMul" and meta["matmul"]["threads"] >= 1
     assert len(meta["matmul"]["rounds_gflops"]) == 2       # one rate per round, each round read against it
     assert meta["hardware"]["cpu"] and meta["hardware"]["logical_cores"] >= 1
     sweep = doc["sweep"]
@@ -70,8 +72,7 @@ def test_short_benchmark_writes_complete_reports(tiny_served, tmp_path, capsys):
 
 @pytest.mark.server
 def test_benchmark_discovers_only_bert_ensembles(tiny_served):
-    from clients.benchmark import discover_ensembles
-    from clients.classify import Classifier
+    from clients.classify import Classifier, discover_ensembles
     clf = Classifier(tiny_served.http_url, "http", admin_key=tiny_served.admin_key)
     assert discover_ensembles(clf) == ["bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8"]
 
@@ -108,7 +109,8 @@ def test_short_perf_analyzer_run(tiny_served, tmp_path):
 
 
 def test_held_out_texts_come_from_the_saved_split(tmp_path):
-    from training.data import load_csv, make_split, save_split
+    from contract.data import load_csv
+    from contract.split import make_split, save_split
     path = tmp_path / "data.csv"
     path.write_text("text,label\n" + "".join(f"text number {i},{'ab'[i % 2]}\n" for i in range(40)))
     ds = load_csv(path)
@@ -134,19 +136,24 @@ def test_held_out_texts_errors_name_the_problem(tmp_path):
 def test_repository_lookup_and_names(tmp_path):
     assert describe("bert_onnx_int8") == ("ONNX Runtime", "INT8")
     assert describe("bert_trt_fp16") == ("TensorRT", "FP16")
-    assert find_in_repository(tmp_path) == {"max_length": 128}     # nothing there: nothing found
+    assert find_in_repository(tmp_path) == ServedFiles()     # nothing there: nothing found
 
 
 @pytest.mark.server
-def test_in_process_baseline_chunks_give_the_same_logits(tiny_served):
+def test_in_process_baseline_runs_what_the_server_runs(tiny_served):
     import numpy as np
-    from clients.benchmark import InProcessOnnx
+    from clients.classify import Classifier
     found = find_in_repository(tiny_served.repository)
-    assert found["onnx"].name == "model.onnx" and found["tokenizer"].name == "tokenizer.json"
-    assert found["max_length"] == 64 and found["config"].name == "config.json"
+    assert found.onnx.name == "model.onnx" and found.tokenizer_json.name == "tokenizer.json"
+    assert found.tokenizer.max_length == 64 and found.config.name == "config.json"
+    assert found.labels == ["negative", "positive"] and found.classifier.sort_chunk_rows == 8
     texts = held_out_texts(texts_file=tiny_served.texts_csv).texts[:20]
-    whole = InProcessOnnx(found["onnx"], found["tokenizer"], 64, ["negative", "positive"])
-    chunked = InProcessOnnx(found["onnx"], found["tokenizer"], 64, ["negative", "positive"], chunk_rows=3)
+    whole, chunked = InProcessOnnx(found, chunk_rows=0), InProcessOnnx(found, chunk_rows=3)
     a, b = whole.infer(texts), chunked.infer(texts)
     np.testing.assert_allclose(a[0], b[0], atol=1e-5)
-    assert a[2] == b[2] and whole.real_tokens(texts) == [len(t.split()) + 2 for t in texts]
+    assert a[2] == b[2] and whole.encoder.lengths(texts) == [len(t.split()) + 2 for t in texts]
+    with Classifier(tiny_served.grpc_url, "grpc", model="bert_onnx_fp32") as clf:
+        logits, probabilities, labels = clf.infer(texts)
+    np.testing.assert_allclose(a[0], logits, atol=1e-4)             # the served ensemble's answers
+    np.testing.assert_allclose(a[1], probabilities, atol=1e-5)
+    assert a[2] == labels

@@ -10,7 +10,7 @@ import torch
 from clients.__main__ import main as cli
 from clients.classify import (Classifier, ClientError, InferenceFailed, ServerUnreachable, UnknownModel,
                               is_retryable, normalize_url)
-from clients.testing import LABELS, tiny_served  # noqa: F401  (session fixture)
+from tiny_bert import SERVED_LABELS as LABELS
 from server.testing import free_port
 
 TEXTS = ["i love this great happy day", "the flight was bad worst ever", "good morning sun is out",

@@ -1,4 +1,4 @@
-"""training/data.py: the four loaders on small files in each schema, every error, the split, batches."""
+"""contract/data.py and contract/split.py (through training/data.py): the four loaders on small files in each schema, every error, the split, batches."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from contract.encoder import TokenizerError
 from training import data
 from training.data import DataError, DataSpec, DataWarning
 
@@ -131,7 +132,7 @@ def test_multilabel_loader_and_errors(tmp_path):
 
 
 def test_tweets_binary_drops_neutral_and_3class_keeps_it(tweets_file, caplog):
-    with caplog.at_level("INFO", logger="training"):
+    with caplog.at_level("INFO", logger="contract.data"):
         ds = data.load_tweets(tweets_file)
     assert "dropped 2 neutral tweets, kept 4" in caplog.text
     assert ds.label_names == ["negative", "positive"] and ds.labels.tolist() == [0, 1, 0, 1]
@@ -214,18 +215,21 @@ def tokenizer(minilm_path):
     return data.load_tokenizer(minilm_path)
 
 
-def test_collate_pads_to_the_longest_text_and_truncation_keeps_the_head(tokenizer):
+def test_collate_pads_as_the_served_tokenizer_and_truncation_keeps_the_head(tokenizer):
     texts = ["short one", "a somewhat longer text with several more words in it", "x " * 300]
     ds = data.TextDataset(texts, np.array([0, 1, 0]), ["a", "b"], "single_label_classification", np.arange(3))
-    enc = data.EncodedDataset(ds, tokenizer, max_length=16)
-    assert enc.lengths.tolist()[2] == 16 and enc.lengths[0] == 4  # [CLS] short one [SEP]
+    enc = data.EncodedDataset(ds, tokenizer, max_length=32)
+    assert enc.lengths.tolist()[2] == 32 and enc.lengths[0] == 4  # [CLS] short one [SEP]
     b = enc.collate([0, 1])
-    assert b["input_ids"].shape == (2, int(enc.lengths[1]))  # the longer of the two, not 16
+    longest = int(enc.lengths[1])
+    assert 8 < longest < 16 and b["input_ids"].shape == (2, 16)  # the longer of the two, up to a multiple of 8
     assert b["attention_mask"].sum(1).tolist() == enc.lengths[[0, 1]].tolist()
     assert (b["input_ids"][0, 4:] == tokenizer.pad_token_id).all()
     long = enc.collate([2])["input_ids"][0]
-    assert long[0] == tokenizer.cls_token_id and long[-1] == tokenizer.sep_token_id
-    assert tokenizer.decode(long[1:4]) == "x x x"  # the head of the text
+    assert len(long) == 32                                         # capped at max_length
+    tok = tokenizer.tokenizer
+    assert long[0] == tok.token_to_id("[CLS]") and long[-1] == tok.token_to_id("[SEP]")
+    assert tok.decode(long[1:4].tolist()) == "x x x"  # the head of the text
     t = data.tokenize(tokenizer, texts[:2], max_length=8)
     assert t["input_ids"].shape == (2, 8) and t["attention_mask"][0].sum() == 4
 
@@ -248,15 +252,26 @@ def test_bucketed_batches_cover_everything_once_and_depend_on_seed_and_epoch(tok
 
 def test_max_length_limits():
     assert data.check_max_length(128) == 128
-    with pytest.raises(DataError, match="between 3 and 512"):
+    with pytest.raises(TokenizerError, match="between 3 and 512"):
         data.check_max_length(513)
-    with pytest.raises(DataError, match="between 3 and 64"):
+    with pytest.raises(TokenizerError, match="between 3 and 64"):
         data.check_max_length(128, max_positions=64)
 
 
 def test_tokenizer_folder_without_tokenizer_is_an_error(tmp_path):
-    with pytest.raises(DataError, match="no tokenizer.json or vocab.txt"):
+    with pytest.raises(TokenizerError, match="no tokenizer.json or vocab.txt"):
         data.load_tokenizer(tmp_path)
+
+
+def test_a_checkpoint_with_only_vocab_txt_tokenizes_as_its_tokenizer_json(minilm_path, tmp_path):
+    folder = tmp_path / "vocab-only"
+    folder.mkdir()
+    for name in ("vocab.txt", "tokenizer_config.json", "config.json"):
+        (folder / name).write_bytes((minilm_path / name).read_bytes())
+    texts = ["Hello, WORLD: unaffable naïve café!", "x " * 300, ""]
+    from_vocab, from_json = data.load_tokenizer(folder), data.load_tokenizer(minilm_path)
+    for key, a in from_vocab(texts).items():
+        np.testing.assert_array_equal(a, from_json(texts)[key])
 
 
 def test_warning_free_load_of_clean_file(tmp_path):

@@ -116,16 +116,29 @@ assert main(["torchscript", "--checkpoint", {str(ckpt)!r}, "--out", {str(tmp_pat
     assert set(record["imported"]) - PROVIDED[dockerfile.name] == installed == {"safetensors"}
 
 
-def test_triton_image_installs_what_the_gpu_repositorys_python_models_import():
+def _third_party_imports(path: Path, seen: set) -> set:
+    """Top-level packages a module imports (anywhere: some load lazily), following our contract/ modules."""
     import ast
 
-    imported = set()
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
+        for name in names:
+            if name.partition(".")[0] == "contract":
+                module = ROOT / (name.replace(".", "/") + ".py")
+                if module.is_file() and module not in seen:
+                    seen.add(module)
+                    found |= _third_party_imports(module, seen)
+            elif name.partition(".")[0] not in sys.stdlib_module_names:
+                found.add(name.partition(".")[0])
+    return found
+
+
+def test_triton_image_installs_what_the_gpu_repositorys_python_models_import():
+    imported, seen = set(), set()
     for model in ("tokenizer.py", "postprocess.py"):     # the Python models of the GPU repository
-        tree = ast.parse((ROOT / "build" / "triton_models" / model).read_text())
-        for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else []
-            imported |= {n.partition(".")[0] for n in names} - set(sys.stdlib_module_names)
+        imported |= _third_party_imports(ROOT / "build" / "triton_models" / model, seen)
     assert imported - {"triton_python_backend_utils"} == set(pip_installs(ROOT / "docker" / "triton.Dockerfile"))
 
 

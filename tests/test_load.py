@@ -11,7 +11,6 @@ import sys
 import pytest
 
 from clients.load import LOCUSTFILE, parse_duration, read_stats, server_memory
-from clients.testing import tiny_served  # noqa: F401  (session fixture)
 
 ROOT = LOCUSTFILE.parents[1]
 

@@ -173,3 +173,18 @@ def test_trainable_parameter_counts_match_reference_study(variant):
     elif variant.startswith("classifier"):
         freeze_for_strategy(model, variant)
     assert model.num_parameters(trainable_only=True) == PARAM_COUNTS_BERT_BASE[variant]
+
+
+def test_save_pretrained_without_tokenizer_files_warns_and_saves_the_model(tmp_path):
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    BertForSequenceClassification(config).save_pretrained(tmp_path / "bare")     # no tokenizer anywhere
+    model = BertForSequenceClassification.from_pretrained(tmp_path / "bare")
+    with pytest.warns(UserWarning, match="saved without tokenizer files"):
+        model.save_pretrained(tmp_path / "copy")
+    assert sorted(p.name for p in (tmp_path / "copy").iterdir()) == ["config.json", "labels.txt", "model.safetensors"]
+    again = BertForSequenceClassification.from_pretrained(tmp_path / "copy")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(CheckpointError, match="no tokenizer.json or vocab.txt"):   # asked for, not there
+        model.save_pretrained(tmp_path / "asked", tokenizer_from=tmp_path / "bare")
+    assert not (tmp_path / "asked").exists()

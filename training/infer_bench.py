@@ -4,21 +4,21 @@
     python -m training.infer_bench --random-config bert-base --device cuda     # shapes only, no data
 
 The reference study's first two rows (PyTorch FP32 / FP16 at batch 32) without Triton in between:
-samples/s on real held-out texts (the run's saved test split, each batch padded to its longest
-text), max |Δlogit| and label agreement of fp16 against fp32, and accuracy. Runs alternate between
+samples/s on real held-out texts (the run's saved test split, each batch padded as the served
+tokenizer pads it), max |Δlogit| and label agreement of fp16 against fp32, and accuracy. Runs alternate between
 variants in every round and the median round counts, so noise hits all variants alike.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from contract.files import atomic_write_json
+from contract.names import DEFAULT_MAX_LENGTH
 from training.config import BertConfig
 from training.model import BertForSequenceClassification
 
@@ -127,8 +127,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--limit", type=int, default=1024, help="texts per round")
-    ap.add_argument("--seq", type=int, default=128, help="--random-config: tokens per text")
-    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--seq", type=int, default=DEFAULT_MAX_LENGTH, help="--random-config: tokens per text")
+    ap.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-transformers", dest="transformers", action="store_false")
     ap.add_argument("--json", help="also write the result here")
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         print(f"{r['variant']:<20} {r['samples_per_s']:>10.1f} {r['speedup']:>7.2f}x "
               f"{r['max_abs_dlogit_vs_ours_fp32']:>12.2e} {100 * r['label_agreement']:>6.2f}% {acc:>9}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(args.json, result, indent=1)
     return 0
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from contract.files import atomic_write
 from training.dropout import Dropout
 
 
@@ -188,13 +189,8 @@ def save_adapter(model: nn.Module, path: str | Path) -> Path:
 
     if any(m.merged for m in lora_modules(model)):
         raise RuntimeError("unmerge the adapters before saving them (merged weights are not an adapter)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"lora_config": json.dumps(dataclasses.asdict(model.lora_config))}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(adapter_state_dict(model), tmp, metadata=meta)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(adapter_state_dict(model), tmp, metadata=meta))
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> LoRAConfig:

@@ -5,6 +5,8 @@ Module and parameter names mirror Hugging Face's `modeling_bert.py` exactly
 state dict moves between this model and `transformers.BertForSequenceClassification` with no renaming.
 
 Shapes in comments: B batch, T tokens, C hidden size, nh heads, hs head size (C = nh * hs).
+Longer than 400 lines on purpose: one readable file for the whole model and its checkpoint I/O, as
+nanoGPT's model.py is; it is also what the served PyTorch model snapshots (build/repository_files.py).
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -21,15 +22,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from contract.errors import UserError
+from contract.files import atomic_dir
+from contract.names import TOKENIZER_FILES
 from training.config import BertConfig, ConfigError
 from training.dropout import Dropout, dropout
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Heads of pre-training checkpoints (masked LM, next sentence) that a classifier has no use for.
 PRETRAINING_HEAD_PREFIXES = ("cls.predictions.", "cls.seq_relationship.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint whose weights do not fit the config; the message names the keys at fault."""
 
 
@@ -345,24 +348,28 @@ class BertForSequenceClassification(nn.Module):
         return missing
 
     def save_pretrained(self, out_dir: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
-        """Write config.json, model.safetensors and the tokenizer files, atomically (temp dir + rename)."""
+        """Write config.json, model.safetensors, labels.txt and the tokenizer files, atomically.
+
+        The tokenizer files come from `tokenizer_from`, else from the folder the model was loaded
+        from. A model loaded from a folder without them is saved without them, with a warning (as
+        transformers saves a model alone); an explicit `tokenizer_from` without them is an error.
+        """
         from safetensors.torch import save_file
 
         out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        tok_src = Path(tokenizer_from) if tokenizer_from else getattr(self, "source_folder", None)
+        if tok_src is not None and not tokenizer_from and not has_tokenizer(tok_src):
+            warnings.warn(f"{out_dir}: saved without tokenizer files ({tok_src} has no tokenizer.json or "
+                          "vocab.txt); pass tokenizer_from= or copy them in before training or serving it",
+                          stacklevel=2)
+            tok_src = None
+        with atomic_dir(out_dir) as tmp:
             self.config.to_json_file(tmp / "config.json")
             state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
             save_file(state, tmp / "model.safetensors", metadata={"format": "pt"})
-            tok_src = Path(tokenizer_from) if tokenizer_from else getattr(self, "source_folder", None)
             if tok_src is not None:
                 copy_tokenizer_files(tok_src, tmp, max_length=self.config.max_position_embeddings)
             (tmp / "labels.txt").write_text("\n".join(self.config.labels) + "\n")
-            replace_dir(tmp, out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out_dir
 
 
@@ -410,10 +417,14 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return any((Path(folder) / n).exists() for n in ("tokenizer.json", "vocab.txt"))
+
+
 def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike, max_length: int = 512) -> None:
     src, dst = Path(src), Path(dst)
     found = [n for n in TOKENIZER_FILES if (src / n).exists()]
-    if "tokenizer.json" not in found and "vocab.txt" not in found:
+    if not has_tokenizer(src):
         raise CheckpointError(f"{src}: no tokenizer.json or vocab.txt to copy")
     for name in found:
         shutil.copy2(src / name, dst / name)
@@ -423,22 +434,3 @@ def copy_tokenizer_files(src: str | os.PathLike, dst: str | os.PathLike, max_len
     if not isinstance(cfg.get("model_max_length"), int) or cfg["model_max_length"] > max_length:
         cfg["model_max_length"] = max_length
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
-
-
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Swap a finished temp folder in place of `final`, so readers see the old or the new, never half."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-
-
-def flops_per_token(config: BertConfig) -> float:
-    """Forward multiply-adds x2 per token in the encoder's dense layers (attention scores excluded)."""
-    C, I, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-    return 2.0 * L * (4 * C * C + 2 * C * I)
-

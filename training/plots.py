@@ -9,10 +9,11 @@ Each function takes the rows of experiments.json (see training/experiments.py) a
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from contract.files import atomic_write
 
 
 def _pyplot():
@@ -23,11 +24,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)  # a reader sees the old picture or the new one, never half of one
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
 
 
 def _done(rows):

@@ -1,6 +1,7 @@
 """One batch from all the requests of one execute() call, and the responses back.
 
-Copied next to model.py of every Python-backend classifier (ONNX Runtime and PyTorch). Triton's
+Used by every Python-backend classifier (ONNX Runtime and PyTorch) and by the benchmark's
+in-process baseline, which runs the graph exactly as the served model does. Triton's
 dynamic batcher hands execute() several requests; running them as one batch is the point of
 batching. They normally share one sequence length (the tokenizer pads each of its executions to
 one length), but a client may call a classifier directly, so each request is padded to the
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+from contract.names import FEATURES, TEXT_INPUTS
 
 
 class BadRequest(ValueError):
@@ -28,7 +29,7 @@ def _check(arrays, num_features):
         if arrays[name].shape != shape:
             raise BadRequest(f"{name} has shape {arrays[name].shape} but input_ids has {shape}")
     if num_features:
-        f = arrays.get("features")
+        f = arrays.get(FEATURES)
         if f is None or f.shape != (shape[0], num_features):
             raise BadRequest(f"features must be ({shape[0]}, {num_features}), "
                              f"got {None if f is None else f.shape}")
@@ -40,7 +41,7 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
     read_input(request, name) returns that input as a numpy array (or None when absent).
     """
     per_request, errors = [], []
-    names = TEXT_INPUTS + (("features",) if num_features else ())
+    names = TEXT_INPUTS + ((FEATURES,) if num_features else ())
     for i, request in enumerate(requests):
         try:
             arrays = {}
@@ -68,19 +69,17 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
             np.pad(a[name].astype(np.int64, copy=False), ((0, 0), (0, T - a[name].shape[1])),
                    constant_values=pad_values[name]) for a in good])
     if num_features:
-        batch["features"] = np.concatenate([a["features"].astype(np.float32, copy=False) for a in good])
+        batch[FEATURES] = np.concatenate([a[FEATURES].astype(np.float32, copy=False) for a in good])
     return batch, rows, errors
 
 
 def plan_threads(threads, chunk_rows):
     """-> (chunks run at once, threads inside each run) for a model given `threads` cores.
 
-    Running length-sorted chunks side by side, each on one thread, beat one run at a time on every
-    thread: on 2 cores ONNX Runtime fp32 did 1.2x the samples/s, int8 1.2-1.3x, our PyTorch model
-    1.15-1.25x, at batch 32 on tweets (fewer CPU seconds per text too). A multi-threaded run splits
-    every op across threads and waits for the slowest at its end, and when the tokenizer, the
-    server or a client takes a core from one of them, the other waits with it. Without chunks
-    there is one run, so it gets all the threads.
+    Length-sorted chunks run side by side, each on one thread, rather than one run at a time on
+    every thread: a multi-threaded run splits every op across threads and waits for the slowest at
+    its end, and when the tokenizer, the server or a client takes a core from one of them, the
+    other waits with it. Without chunks there is one run, so it gets all the threads.
     """
     threads = max(1, int(threads))
     return (threads, 1) if chunk_rows > 0 else (1, threads)
