@@ -311,6 +311,7 @@ def write_model_dir(root: Path, config: mc.ModelConfig, version: int, spec: Serv
 
 def copy_source(name: str, version_dir: Path, helpers: tuple[str, ...] = ()) -> None:
     shutil.copy2(SOURCES / name, version_dir / "model.py")
+    shutil.copy2(ROOT / "contract" / "metrics.py", version_dir / "contract_metrics.py")  # metric names
     for helper in helpers:
         shutil.copy2(SOURCES / helper, version_dir / helper)
 

@@ -20,6 +20,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # batching.py, onnx_session.py beside this file
 import batching  # noqa: E402
+import contract_metrics  # noqa: E402
 from onnx_session import open_session  # noqa: E402
 
 
@@ -45,6 +46,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: ONNX Runtime {ort.__version__} on {path.name}, "
                                  f"length-sorted chunks of {self.chunk_rows or 'all'} rows, "
                                  f"{self.workers} at once x {intra_op} intra-op thread(s)")
+        self.metrics = contract_metrics.ModelMetrics(pb_utils, args, contract_metrics.CLASSIFIER)
 
     def execute(self, requests):
         def read(request, name):
@@ -52,13 +54,14 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
+        run, chunks = contract_metrics.recording_rows(lambda b: self.session.run(["logits"], b)[0])
         outputs = {}
         if batch is not None:
             try:
-                logits = batching.run_sorted_chunks(lambda b: self.session.run(["logits"], b)[0],
-                                                    batch, self.chunk_rows, self.workers)
+                logits = batching.run_sorted_chunks(run, batch, self.chunk_rows, self.workers)
                 outputs = {"logits": logits.astype(np.float32, copy=False)}
             except Exception as e:  # the whole batch failed: every request hears why
                 errors = [err or f"ONNX Runtime failed on a batch of {len(batch['input_ids'])}: {e}"
                           for err in errors]
+        self.metrics.executed(chunks)
         return batching.respond(pb_utils, outputs, rows, errors)

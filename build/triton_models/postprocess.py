@@ -10,10 +10,14 @@ Multi-label: probabilities = sigmoid, label = every name whose probability is ab
 threshold, joined by "," ("" when none is).
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # contract_metrics.py beside this file
+import contract_metrics  # noqa: E402
 
 
 def softmax(x):
@@ -38,6 +42,7 @@ class TritonPythonModel:
         if len(self.thresholds) != len(self.labels):
             raise pb_utils.TritonModelException(
                 f"{len(self.thresholds)} thresholds for {len(self.labels)} labels in {model_dir}")
+        self.metrics = contract_metrics.ModelMetrics(pb_utils, args, contract_metrics.POSTPROCESS, self.labels)
 
     def label_names(self, probabilities):
         if not self.multi_label:
@@ -55,7 +60,9 @@ class TritonPythonModel:
                 continue
             logits = raw.astype(np.float32)
             probabilities = sigmoid(logits) if self.multi_label else softmax(logits.astype(np.float64))
-            names = np.array([[n.encode()] for n in self.label_names(probabilities)], dtype=np.object_)
+            predicted = self.label_names(probabilities)
+            self.metrics.predicted(predicted)
+            names = np.array([[n.encode()] for n in predicted], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("logits", logits),
                 pb_utils.Tensor("probabilities", probabilities.astype(np.float32)),

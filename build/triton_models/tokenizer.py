@@ -16,11 +16,15 @@ on [PAD] for tweets (~30 tokens); padding each request alone would give requests
 different shapes, which the classifier's dynamic batcher cannot merge.
 """
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # contract_metrics.py beside this file
+import contract_metrics  # noqa: E402
 
 
 def padded_length(longest, multiple, max_length):
@@ -49,6 +53,7 @@ class TritonPythonModel:
         self.tokenizer.no_padding()  # we pad per execution, below
         # long texts keep their head ([CLS] ... [SEP] still added by the post-processor)
         self.tokenizer.enable_truncation(self.max_length, direction="right")
+        self.metrics = contract_metrics.ModelMetrics(pb_utils, args, contract_metrics.TOKENIZER)
 
     def execute(self, requests):
         texts, owners, errors = [], [], [None] * len(requests)
@@ -64,6 +69,7 @@ class TritonPythonModel:
 
         encodings = self._encode(texts, owners, errors)
         good = [e for e, owner in zip(encodings, owners) if errors[owner] is None]
+        self.metrics.tokenized((len(e.ids) for e in good), sum(bool(e.overflowing) for e in good))
         T = padded_length(max((len(e.ids) for e in good), default=1), self.multiple, self.max_length)
 
         responses = []
