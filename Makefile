@@ -150,6 +150,14 @@ experiments: $(VENV)/.installed ## the reference study's tables on the offline d
 	$(PY) -m training fetch
 	$(PY) -m training experiments --out reports
 
+RPS ?= 500
+P99 ?= 250
+capacity: ## replicas for RPS texts/s at p99 <= P99 ms, from reports/benchmark.json (docs/deploy-kubernetes.md)
+	$(PY) -m clients capacity --target-rps $(RPS) --p99-ms $(P99)
+
+dashboard: $(VENV)/.installed ## regenerate the Grafana dashboard JSON from deploy/monitoring/dashboard.py
+	$(PY) -m deploy.monitoring.dashboard
+
 # ---- the two commands ----------------------------------------------------------------------------
 demo: setup ## the whole job on CPU: data, train, quantize, export, Triton, classify, benchmark
 	@$(MAKE) --no-print-directory repository || { echo "!! demo failed while building (see the stage above)"; exit 1; }

@@ -4,6 +4,7 @@
     benchmark   per-ensemble samples/s, latency, accuracy on the test split -> reports/benchmark.{md,json,png}
     perf        NVIDIA perf_analyzer over a concurrency range -> reports/perf/<model>.csv
     load        bounded headless locust run on the HTTP endpoint -> reports/load/
+    capacity    replicas for a request rate and p99, from reports/benchmark.json
 """
 import argparse
 import importlib
@@ -16,6 +17,7 @@ COMMANDS = {
     "benchmark": ("clients.benchmark", "per-backend throughput/latency/accuracy table"),
     "perf": ("clients.perf", "perf_analyzer over a concurrency range"),
     "load": ("clients.load", "headless locust run against the HTTP endpoint"),
+    "capacity": ("clients.capacity", "replicas needed for a request rate and p99 (Kubernetes)"),
 }
 
 
