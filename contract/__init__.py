@@ -17,6 +17,7 @@ imported inside the functions that need them.
     bert_config.py   BertConfig: a checkpoint's config.json (labels, thresholds, sizes, FLOPs/token)
     data.py          DataSpec, TextDataset, the CSV loaders (pandas), DataError
     split.py         the 80/10/10 split: make_split, save_split, load_split (the split reader)
+    metrics.py       the metrics our served models publish in Triton: names, help, buckets
     pbtxt.py         config.pbtxt <-> ModelConfig (tritonclient's model_config_pb2)
     cli.py           `python -m <stage> <command>`: one shape, errors decided by class
     errors.py        UserError (one line, exit 2), Interrupted (exit 130)

@@ -138,7 +138,12 @@ class TextEncoder:
 
     def tokenize(self, values: Sequence) -> list[np.ndarray]:
         """Each text's token ids, truncated, unpadded ([CLS] ... [SEP])."""
-        return [np.asarray(e.ids, dtype=np.int64) for e in self.tokenizer.encode_batch(self.texts(values))]
+        return self.tokenize_and_count_cuts(values)[0]
+
+    def tokenize_and_count_cuts(self, values: Sequence) -> tuple[list[np.ndarray], int]:
+        """tokenize(), and how many of the texts lost their tail to max_length."""
+        encodings = self.tokenizer.encode_batch(self.texts(values))
+        return [np.asarray(e.ids, dtype=np.int64) for e in encodings], sum(bool(e.overflowing) for e in encodings)
 
     def pad(self, ids: Sequence[np.ndarray], length: int | None = None) -> dict[str, np.ndarray]:
         """One (N, T) batch: T = the longest row rounded up to pad_multiple, capped at max_length

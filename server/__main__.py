@@ -1,9 +1,13 @@
 """python -m server install | serve | up | down | status | admin-key
 
-    install     copy Triton out of the nvidia-pytriton wheel into .triton/, perf_analyzer into .tools/
+    install     copy Triton out of the nvidia-pytriton wheel into .triton/, perf_analyzer and
+                Prometheus into .tools/
     serve       run Triton in the foreground until Ctrl-C / SIGTERM
     up          start Triton in the background; returns once it is ready (or fails with its log tail)
-    down        stop the background server and wait until its ports are free
+    down        stop the background server (and the Prometheus `monitor` started) and wait until
+                its ports are free
+    monitor     start Prometheus (127.0.0.1:9090) scraping the background server with the rules of
+                deploy/monitoring/, and print what the recording rules compute
     status      pid, ports, readiness and models of the background server (exit 0 ready, 1 not, 3 none)
     admin-key   print the key for the restricted APIs (header `triton-admin-key`)
     rollout     load a rebuilt repository into a running server (explicit mode) with no failed
@@ -15,12 +19,14 @@ TRITON_HOST / TRITON_MODEL_REPOSITORY / TRITON_MODEL_CONTROL_MODE / TRITON_STATE
 """
 
 import json
+import os
 import signal
 import sys
 import urllib.request
 
 from contract import cli
-from server import install
+from contract import metrics as model_metrics
+from server import install, monitor
 from server.embedded import (ADMIN_HEADER, CONTROL_MODES, ServerError, ServerSettings, TritonServer,
                              admin_key, log_tail, read_pidfile)
 
@@ -40,7 +46,8 @@ def _print_endpoints(server):
 
 
 def cmd_install(args):
-    install.install(force=args.force, perf_analyzer=not args.no_perf_analyzer)
+    install.install(force=args.force, perf_analyzer=not args.no_perf_analyzer,
+                    prometheus=not args.no_prometheus)
     return 0
 
 
@@ -98,6 +105,10 @@ def cmd_up(args):
 
 def cmd_down(args):
     settings = ServerSettings.from_env(state_dir=args.state_dir)
+    prometheus = monitor.Prometheus.from_pidfile(settings.state_dir)
+    if prometheus is not None:
+        prometheus.stop()
+        print(f"stopped Prometheus (pid {prometheus.pid}); port {prometheus.port} is free")
     server = TritonServer.from_pidfile(settings.state_dir)
     if server is None:
         print(f"no server running from {settings.state_dir}")
@@ -129,6 +140,39 @@ def cmd_status(args):
     return 0 if ready else 1
 
 
+def cmd_monitor(args):
+    settings = ServerSettings.from_env(state_dir=args.state_dir)
+    server = TritonServer.from_pidfile(settings.state_dir)
+    if server is None or not server.ready():
+        raise ServerError(f"no ready server from {settings.state_dir}: `make up` (python -m server up) first")
+    install.install_prometheus()
+    prometheus = monitor.Prometheus.from_pidfile(settings.state_dir)
+    if prometheus is None:
+        port = args.prometheus_port or int(os.environ.get("PROMETHEUS_PORT") or monitor.DEFAULT_PORT)
+        target = f"{server.settings.client_host}:{server.settings.metrics_port}"
+        prometheus = monitor.Prometheus(settings.state_dir, port).start(monitor.local_config(target))
+        try:
+            prometheus.wait_ready()
+        except BaseException:
+            prometheus.stop()
+            raise
+        print(f"Prometheus {prometheus.url} (pid {prometheus.pid}) scrapes Triton at {target}\n"
+              f"  config {prometheus.config_path}\n  log {prometheus.log_path}")
+    else:
+        print(f"Prometheus already runs: {prometheus.url} (pid {prometheus.pid})")
+    if not prometheus.wait_for(f'up{{job="{monitor.TRITON_JOB}"}} == 1', timeout=60):
+        raise ServerError(f"Prometheus cannot scrape the server; see {prometheus.url}/api/v1/targets")
+    # recording rules need one evaluation after the first scrapes
+    prometheus.wait_for(monitor.rules("record")[0]["record"], timeout=60)
+    names = prometheus.api("label/__name__/values")
+    ours = sorted(set(names) & {n for m in model_metrics.ALL for n in model_metrics.exported_names(m)})
+    print(f"series: {sum(n.startswith('nv_') for n in names)} Triton metric names (nv_*), "
+          f"our models': {', '.join(ours) or 'none (is the repository built by this checkout?)'}\n")
+    print(monitor.summary(prometheus))
+    print(f"query it: curl '{prometheus.url}/api/v1/query?query=up'   stop: make down")
+    return 0
+
+
 def cmd_admin_key(args):
     settings = ServerSettings.from_env(state_dir=args.state_dir)
     print(admin_key(settings.state_dir))
@@ -141,7 +185,13 @@ def add_state_dir(sp):
 
 def add_install_arguments(sp):
     sp.add_argument("--force", action="store_true", help="reinstall even if present")
-    sp.add_argument("--no-perf-analyzer", action="store_true", help="only the server (no download)")
+    sp.add_argument("--no-perf-analyzer", action="store_true", help="no perf_analyzer (no download)")
+    sp.add_argument("--no-prometheus", action="store_true", help="no Prometheus (no Debian package)")
+
+
+def add_monitor_arguments(sp):
+    add_state_dir(sp)
+    sp.add_argument("--prometheus-port", type=int, help=f"default $PROMETHEUS_PORT or {monitor.DEFAULT_PORT}")
 
 
 def add_server_arguments(sp):
@@ -168,6 +218,8 @@ COMMANDS = {
     "down": cli.Command("stop the background server", run=cmd_down, add_arguments=add_state_dir),
     "status": cli.Command("show the background server", run=cmd_status, add_arguments=add_state_dir),
     "admin-key": cli.Command(f"print the {ADMIN_HEADER} value", run=cmd_admin_key, add_arguments=add_state_dir),
+    "monitor": cli.Command("Prometheus with the repository's rules, scraping the background server",
+                           run=cmd_monitor, add_arguments=add_monitor_arguments),
     "rollout": cli.Command("load a rebuilt repository into the running server (explicit mode), no failed "
                            "requests; --heal reloads dead stubs", module="server.rollout"),
 }

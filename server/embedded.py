@@ -313,6 +313,7 @@ class TritonServer:
                f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
                f"--exit-timeout-secs={s.exit_timeout_secs}",
                f"--exit-on-error={str(bool(s.exit_on_error)).lower()}",
+               "--metrics-config=summary_latencies=true",   # p50/p99 for the monitoring rules
                f"--model-control-mode={s.model_control_mode}",
                f"--log-verbose={s.log_verbose}"]
         if s.model_control_mode == "poll":

@@ -8,6 +8,8 @@ gitignored folders of the repository:
     .triton/tritonserver/   bin/tritonserver, backends/python/{libtriton_python.so, stub, utils}
     .tools/bin/perf_analyzer
     .tools/libb64/          libb64.so.0d (Debian package libb64-0d), only if the system lacks it
+    .tools/prometheus/      usr/bin/prometheus and promtool (Debian package prometheus: static
+                            binaries), unless both are on PATH already
 
 Every step is idempotent and writes to a temporary path first, then renames, so an interrupted
 install never leaves half a tree behind.
@@ -33,6 +35,8 @@ TRITON_HOME = REPO_ROOT / ".triton" / "tritonserver"
 TOOLS_DIR = REPO_ROOT / ".tools"
 PERF_ANALYZER = TOOLS_DIR / "bin" / "perf_analyzer"
 LIBB64_DIR = TOOLS_DIR / "libb64"
+PROMETHEUS_DIR = TOOLS_DIR / "prometheus"
+PROMETHEUS_PACKAGE = "prometheus"   # Debian 12's is 2.42; its web UI needs other packages, the API does not
 
 PYTRITON_VERSION = "0.7.0"          # ships Triton 2.51.0
 TRITON_VERSION = "2.51.0"
@@ -241,20 +245,21 @@ def libb64_dir():
     return None
 
 
-def _apt_download(package, dest, log):
+def _apt_download(package, dest, log, wanted="libb64.so.0d (needed by perf_analyzer)"):
+    """The .deb of `package` downloaded into dest (nothing installed); `wanted` names it in errors."""
     def download():
         return subprocess.run(["apt-get", "download", package], cwd=dest, capture_output=True, text=True)
     if shutil.which("apt-get") is None:
-        raise InstallError(f"libb64.so.0d is missing and apt-get is not available to fetch {package}; "
-                           f"install {package} (or libb64) with your package manager.")
+        raise InstallError(f"{wanted} is missing and apt-get is not available to fetch the Debian "
+                           f"package {package}; install {package} with your package manager.")
     out = download()
     if out.returncode != 0:
-        log("libb64: apt-get download failed, running apt-get update once")
+        log(f"{package}: apt-get download failed, running apt-get update once")
         upd = subprocess.run(["apt-get", "update"], capture_output=True, text=True)
         out = download()
         if out.returncode != 0:
-            raise InstallError(f"could not download the Debian package {package} for libb64.so.0d "
-                               f"(needed by perf_analyzer): {out.stderr.strip() or upd.stderr.strip()}")
+            raise InstallError(f"could not download the Debian package {package} for {wanted}: "
+                               f"{out.stderr.strip() or upd.stderr.strip()}")
     debs = list(Path(dest).glob(f"{package}_*.deb"))
     if not debs:
         raise InstallError(f"apt-get download {package} produced no .deb in {dest}")
@@ -338,10 +343,58 @@ def perf_analyzer_env(base=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Prometheus (make monitor, the rule tests)
 
-def install(force=False, perf_analyzer=True, log=print):
+def prometheus_tool(name="prometheus"):
+    """Path of `prometheus` or `promtool`: ours under .tools/prometheus, else the one on PATH."""
+    ours = PROMETHEUS_DIR / "usr" / "bin" / name
+    if ours.is_file():
+        return ours
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    raise InstallError(f"{name} not found in {ours.parent} nor on PATH: run `python -m server install` "
+                       f"(make setup), which takes Debian's {PROMETHEUS_PACKAGE} package into {PROMETHEUS_DIR}")
+
+
+def prometheus_version():
+    out = subprocess.run([str(prometheus_tool()), "--version"], capture_output=True, text=True)
+    first = (out.stdout or out.stderr).splitlines()[:1]
+    return first[0] if first else "unknown"
+
+
+def install_prometheus(force=False, log=print):
+    """prometheus + promtool from Debian's package, unpacked with dpkg -x (no system install)."""
+    if not force:
+        try:
+            tools = [prometheus_tool(n) for n in ("prometheus", "promtool")]
+            log(f"prometheus: {tools[0]} and {tools[1]} available")
+            return tools[0]
+        except InstallError:
+            pass
+    TOOLS_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="prometheus.tmp-", dir=TOOLS_DIR) as tmp:
+        tree = Path(tmp) / "tree"
+        deb = _apt_download(PROMETHEUS_PACKAGE, tmp, log, wanted="prometheus and promtool")
+        try:
+            subprocess.run(["dpkg", "-x", str(deb), str(tree)], check=True, capture_output=True, text=True)
+        except (subprocess.CalledProcessError, FileNotFoundError) as e:
+            raise InstallError(f"could not unpack {deb.name} with dpkg -x: {getattr(e, 'stderr', '') or e}") from e
+        for name in ("prometheus", "promtool"):
+            if not (tree / "usr" / "bin" / name).is_file():
+                raise InstallError(f"{deb.name} has no usr/bin/{name}")
+        _replace_dir(tree, PROMETHEUS_DIR)
+    log(f"prometheus: {deb.name} -> {PROMETHEUS_DIR} ({prometheus_version()})")
+    return prometheus_tool()
+
+
+# ----------------------------------------------------------------------------------------------
+
+def install(force=False, perf_analyzer=True, prometheus=True, log=print):
     """Everything `python -m server install` does; safe to run again (skips what is in place)."""
     with _install_lock():
         install_triton(force=force, log=log)
         if perf_analyzer:
             install_perf_analyzer(force=force, log=log)
+        if prometheus:
+            install_prometheus(force=force, log=log)

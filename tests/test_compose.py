@@ -108,14 +108,15 @@ def test_only_triton_ports_published_on_loopback(compose):
     for name, service in compose["services"].items():
         for spec in service.get("ports", []):
             published.setdefault(name, []).append(spec)
-    assert list(published) == ["triton"]
-    container_ports = set()
-    for spec in published["triton"]:
-        # "127.0.0.1:${TRITON_HTTP_PORT:-8000}:8000": ip, host port (overridable), container port
-        m = re.fullmatch(r"(?P<ip>[^:]+):(?P<host>.+):(?P<container>\d+)", spec)
-        assert m and m["ip"] == "127.0.0.1", f"{spec} is not bound to loopback"
-        container_ports.add(int(m["container"]))
-    assert container_ports == {8000, 8001, 8002}
+    assert set(published) == {"triton", "prometheus", "grafana"}   # the last two: profile monitoring
+    container_ports = {}
+    for name, specs in published.items():
+        for spec in specs:
+            # "127.0.0.1:${TRITON_HTTP_PORT:-8000}:8000": ip, host port (overridable), container port
+            m = re.fullmatch(r"(?P<ip>[^:]+):(?P<host>.+):(?P<container>\d+)", spec)
+            assert m and m["ip"] == "127.0.0.1", f"{name}: {spec} is not bound to loopback"
+            container_ports.setdefault(name, set()).add(int(m["container"]))
+    assert container_ports == {"triton": {8000, 8001, 8002}, "prometheus": {9090}, "grafana": {3000}}
 
 
 def test_locust_run_is_headless_and_bounded(compose):

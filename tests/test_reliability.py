@@ -397,6 +397,7 @@ def test_compose_publishes_only_the_server_ports_on_loopback():
             assert host_ip == "127.0.0.1", f"{name} publishes {spec} beyond loopback"
             published.setdefault(name, set()).add(int(container))
         assert service.get("network_mode") != "host", f"{name} shares the host network"
-    assert published == {"triton": {8000, 8001, 8002}}
+    # prometheus and grafana: the `monitoring` profile (loopback too, checked above)
+    assert published == {"triton": {8000, 8001, 8002}, "prometheus": {9090}, "grafana": {3000}}
     entrypoint = (ROOT / "docker" / "triton-entrypoint.sh").read_text()
     assert "--http-restricted-api" in entrypoint and "--grpc-restricted-protocol" in entrypoint

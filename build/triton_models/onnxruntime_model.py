@@ -19,6 +19,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the contract/ copy beside this file
 from contract import batching  # noqa: E402
+from contract.metrics import CLASSIFIER, ModelMetrics, recording_rows  # noqa: E402
 from contract.names import FEATURES, LOGITS, TEXT_INPUTS  # noqa: E402
 from contract.onnx_session import open_session  # noqa: E402
 from contract.params import ClassifierParams  # noqa: E402
@@ -43,6 +44,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: ONNX Runtime {ort.__version__} on {path.name}, "
                                  f"length-sorted chunks of {self.chunk_rows or 'all'} rows, "
                                  f"{self.workers} at once x {intra_op} intra-op thread(s)")
+        self.metrics = ModelMetrics(pb_utils, args, CLASSIFIER)
 
     def execute(self, requests):
         def read(request, name):
@@ -50,13 +52,14 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
-        outputs = {}
+        outputs, chunks = {}, []
         if batch is not None:
             try:
-                logits = batching.run_sorted_chunks(lambda b: self.session.run([LOGITS], b)[0],
-                                                    batch, self.chunk_rows, self.workers)
+                run, chunks = recording_rows(lambda b: self.session.run([LOGITS], b)[0])
+                logits = batching.run_sorted_chunks(run, batch, self.chunk_rows, self.workers)
                 outputs = {LOGITS: logits.astype(np.float32, copy=False)}
             except Exception as e:  # the whole batch failed: every request hears why
                 errors = [err or f"ONNX Runtime failed on a batch of {len(batch['input_ids'])}: {e}"
                           for err in errors]
+        self.metrics.executed(chunks)
         return batching.respond(pb_utils, outputs, rows, errors)

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the contract/ copy beside this file
+from contract.metrics import POSTPROCESS, ModelMetrics  # noqa: E402
 from contract.names import LABEL, LABEL_FILE, LOGITS, PROBABILITIES, RAW_LOGITS  # noqa: E402
 from contract.params import PostprocessParams  # noqa: E402
 from contract.postprocess import Postprocess, PostprocessError  # noqa: E402
@@ -28,6 +29,7 @@ class TritonPythonModel:
             self.post = Postprocess.from_params(labels, params)
         except PostprocessError as e:
             raise pb_utils.TritonModelException(f"{model_dir}: {e}")
+        self.metrics = ModelMetrics(pb_utils, args, POSTPROCESS, labels)
 
     def execute(self, requests):
         responses = []
@@ -39,6 +41,7 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
                     f"postprocess: request {i}: {RAW_LOGITS} {e}")))
                 continue
+            self.metrics.predicted(names)
             labels = np.array([[n.encode()] for n in names], dtype=np.object_).reshape(-1, 1)
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor(LOGITS, logits),

@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the contract/ copy and the training/ snapshot beside this file win
 
 from contract import batching  # noqa: E402
+from contract.metrics import CLASSIFIER, ModelMetrics, recording_rows  # noqa: E402
 from contract.names import FEATURES, LOGITS  # noqa: E402
 from contract.params import ClassifierParams  # noqa: E402
 from training.model import BertForSequenceClassification  # noqa: E402
@@ -53,6 +54,7 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, "
                                  f"{self.model.num_parameters():,} parameters, length-sorted chunks of "
                                  f"{self.chunk_rows or 'all'} rows, {self.workers} at once x {intra_op} thread(s)")
+        self.metrics = ModelMetrics(pb_utils, args, CLASSIFIER)
 
     def execute(self, requests):
         def read(request, name):
@@ -60,7 +62,7 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
-        outputs = {}
+        outputs, chunks = {}, []
         if batch is not None:
             try:
                 def run(b):
@@ -68,9 +70,11 @@ class TritonPythonModel:
                     with torch.inference_mode():
                         return self.model(x["input_ids"], x["attention_mask"], x["token_type_ids"],
                                           features=x.get(FEATURES)).logits.float().numpy()
+                run, chunks = recording_rows(run)
                 logits = batching.run_sorted_chunks(run, batch, self.chunk_rows, self.workers)
                 outputs = {LOGITS: logits.astype(np.float32, copy=False)}
             except Exception as e:
                 errors = [err or f"PyTorch failed on a batch of {len(batch['input_ids'])}: {e}"
                           for err in errors]
+        self.metrics.executed(chunks)
         return batching.respond(pb_utils, outputs, rows, errors)

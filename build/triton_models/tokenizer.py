@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the contract/ copy beside this file
 from contract.encoder import TextEncoder  # noqa: E402
+from contract.metrics import TOKENIZER, ModelMetrics  # noqa: E402
 from contract.names import TEXT, TEXT_INPUTS, TOKENIZER_FILE  # noqa: E402
 from contract.params import TokenizerParams  # noqa: E402
 
@@ -25,20 +26,23 @@ class TritonPythonModel:
         params = TokenizerParams.from_model_config(args["model_config"])
         path = Path(args["model_repository"]) / args["model_version"] / TOKENIZER_FILE
         self.encoder = TextEncoder.from_params(path, params)
+        self.metrics = ModelMetrics(pb_utils, args, TOKENIZER)
 
     def execute(self, requests):
-        ids, owners, errors = [], [], [None] * len(requests)
+        ids, owners, errors, cut = [], [], [None] * len(requests), 0
         for i, request in enumerate(requests):
             try:
                 column = pb_utils.get_input_tensor_by_name(request, TEXT).as_numpy()  # (n, 1)
-                mine = self.encoder.tokenize(column.reshape(-1))   # a failure fails this request alone
+                mine, cuts = self.encoder.tokenize_and_count_cuts(column.reshape(-1))  # fails this request alone
             except Exception as e:
                 errors[i] = f"tokenizer: request {i} of this batch has an unreadable '{TEXT}' input: {e}"
                 continue
             ids.extend(mine)
             owners.extend([i] * len(mine))
+            cut += cuts
 
         batch = self.encoder.pad(ids)       # one length for the whole execution
+        self.metrics.tokenized((len(x) for x in ids), cut)
         responses = []
         for i in range(len(requests)):
             if errors[i] is not None:
