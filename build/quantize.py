@@ -26,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build.artifacts import (BuildError, Encoder, Examples, accuracy, atomic_dir, batches,
-                             copy_checkpoint_metadata, load_model, markdown_table, predictions)
+from build.artifacts import (BuildError, Encoder, Examples, accuracy, batches, copy_checkpoint_metadata,
+                             load_model, predictions)
+from contract.files import atomic_dir
+from contract.progress import progress
+from contract.tables import markdown_table
 
 # Histogram "mse" is not offered: on the test suite's tiny BERT its activation ranges left INT8
 # agreeing with fp32 on ~54% of texts (chance), against >= 90% for the others. Re-add it with a
@@ -275,39 +278,43 @@ def training_record(checkpoint: Path) -> dict:
     try:
         m = json.loads(path.read_text())
         cfg = m["config"]
-        steps = int(cfg["epochs"]) * math.ceil(int(m["num_train"]) / int(cfg["batch_size"]))
-        return {"file": str(path), "learning_rate": float(cfg["lr"]), "steps": steps, "batch_size": int(cfg["batch_size"])}
+        batch = int(m.get("global_batch") or cfg["batch_size"])  # texts per step, all processes together
+        steps = int(cfg["epochs"]) * math.ceil(int(m["num_train"]) / batch)
+        return {"file": str(path), "learning_rate": float(cfg["lr"]), "steps": steps, "batch_size": batch}
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return {}
 
 
 def qat_finetune(model: torch.nn.Module, train: Examples, encoder: Encoder, steps: int, lr: float,
-                 batch_size: int = 16, seed: int = 0, log=print) -> list[float]:
-    """A short fine-tune through the fake quantizers (straight-through gradients); ranges stay fixed."""
+                 batch_size: int = 16, seed: int = 0, log=print, show_progress: bool = True) -> list[float]:
+    """A short fine-tune through the fake quantizers (straight-through gradients); ranges stay fixed.
+
+    Each step is the trainer's (training/loop.py): its AdamW parameter groups, clipping at 1.0, and
+    its schedule without warmup (a linear decay from `lr`). Batches are random draws of the training
+    texts, encoded as the server encodes them. Returns each step's mean loss."""
+    from training.loop import TrainStep, make_optimizer, make_scheduler
+
     if steps <= 0 or len(train) == 0:
         return []
     rng = np.random.default_rng(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)  # linear decay
+    dev = device_of(model)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], lr, weight_decay=0.01, device=dev)
+    step = TrainStep(model, opt, make_scheduler(opt, steps, warmup_ratio=0.0), max_grad_norm=1.0)
     model.train()
     losses, order, pos, t0 = [], rng.permutation(len(train)), 0, time.time()
-    for step in range(steps):
+    bar = progress(total=steps, desc="QAT", unit="step", enabled=show_progress)
+    for _ in range(steps):
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(train)), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         feeds, labels = next(batches(train.subset(idx), encoder, batch_size))
-        dev = device_of(model)
-        loss = model(**_torch_feeds(feeds, dev), labels=torch.tensor(np.asarray(labels), device=dev)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log(f"  qat step {step + 1}/{steps} loss {np.mean(losses[-10:]):.4f} [{time.time() - t0:.0f}s]")
+        batch = {**_torch_feeds(feeds, dev), "labels": torch.as_tensor(np.asarray(labels), device=dev)}
+        losses.append(step([(batch, 1.0)]) / len(idx))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", refresh=False)
+    bar.close()
+    log(f"  QAT: {steps} steps, loss {losses[0]:.4f} -> {np.mean(losses[-10:]):.4f} [{time.time() - t0:.0f}s]")
     model.eval()
     return losses
 
