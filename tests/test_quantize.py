@@ -11,9 +11,9 @@ import torch
 from build_fixtures import make_run
 
 from build.artifacts import BuildError, Encoder, accuracy, load_examples, load_model, predictions
-from build.quantize import (CALIB_METHODS, QuantizeSettings, insert_and_calibrate, load_quantized, logits_of,
-                            quantize, quantizer_groups, quantizers, sensitivity, sensitivity_markdown,
-                            training_record)
+from build.quantize import QuantizeSettings, load_quantized, qat_finetune, quantize, training_record
+from build.quantizers import (CALIB_METHODS, insert_and_calibrate, logits_of, quantizer_groups, quantizers, sensitivity,
+                              sensitivity_markdown)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +135,6 @@ def test_qat_steps_count_the_global_batch_of_a_multi_process_run(tmp_path):
 
 
 def test_qat_steps_through_the_trainers_loop(run, parts, encoder):
-    from build.quantize import qat_finetune
-
     model = insert_and_calibrate(load_model(run / "checkpoint"), parts["train"].sample(32), encoder, "max")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     logs = []
