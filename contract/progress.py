@@ -45,10 +45,12 @@ class _Lines:
 
 def progress(iterable: Iterable | None = None, *, total: int | float | None = None, desc: str | None = None,
              enabled: bool = True, initial: int | float = 0, unit: str = "it", leave: bool = False,
-             position: int | None = None, interval: float = LOG_INTERVAL, stream: TextIO | None = None) -> tqdm:
-    """A tqdm bar on `stream` (default stderr); `enabled=False` gives a bar that prints nothing."""
+             position: int | None = None, interval: float = LOG_INTERVAL, stream: TextIO | None = None,
+             **tqdm_options) -> tqdm:
+    """A tqdm bar on `stream` (default stderr); `enabled=False` gives a bar that prints nothing.
+    `tqdm_options` go to tqdm as they are (bar_format, smoothing, ...)."""
     stream = stream if stream is not None else sys.stderr
-    common = dict(total=total, desc=desc, initial=initial, unit=unit, position=position)
+    common = dict(total=total, desc=desc, initial=initial, unit=unit, position=position, **tqdm_options)
     if not enabled:
         return tqdm(iterable, disable=True, **common)
     if is_terminal(stream):

@@ -239,5 +239,26 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(assets, two_
     assert max_difference(weights(reference), weights(on_one)) < 1e-5
 
 
+def test_the_experiment_grid_runs_under_torchrun(tmp_path):
+    """Baselines, a full fine-tuning and its distilled student (the teacher's logits computed shared)."""
+    from test_experiments import make_base, write_binary
+
+    out = tmp_path / "grid"
+    argv = ["experiments", "--model", str(make_base(tmp_path / "base", layers=2)), "--data",
+            str(write_binary(tmp_path / "binary.csv")), "--quick", "--limit", "0", "--val-limit", "0",
+            "--test-limit", "0", "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--no-progress",
+            "--variants", "majority,distilled", "--out", str(out)]
+    job = torchrun(2, {"argv": argv, "audit": True})
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert json.loads(Path(f"{out.with_suffix('.spec.json')}.rank1.writes").read_text()) == []
+    report = json.loads((out / "experiments.json").read_text())
+    assert [r["variant"] for r in report["rows"]] == ["majority", "full", "distilled"]
+    assert report["settings"]["processes"] == 2 and "x 2 processes (torchrun)" in (out / "experiments.md").read_text()
+    for name in ("full", "distilled"):
+        result = json.loads((out / "experiments" / name / "seed42" / "result.json").read_text())
+        assert result["settings"]["processes"] == 2 and result["inference_samples_per_second"] > 0
+    assert job.stdout.count("# Experiments:") == 1  # the report is printed once, by rank 0
+
+
 if __name__ == "__main__":
     sys.exit(worker(sys.argv[1]))
