@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -42,6 +41,7 @@ import numpy as np
 from build.triton_models.batching import plan_threads, run_sorted_chunks   # what a served model runs, reused here
 from clients.classify import PROTOCOLS, Classifier, ClientError
 from clients.texts import add_text_arguments, texts_from_args
+from contract.machine import cpu_info
 
 REFERENCE = "bert_pytorch_fp32"
 FRAMEWORKS = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "trt": "TensorRT"}
@@ -55,31 +55,6 @@ TARGETS = {"flop_utilisation": 0.60, "ensemble_vs_in_process": 0.90, "concurrenc
 
 # ------------------------------------------------------------------------------------------------
 # what runs where
-
-def cpu_info() -> dict:
-    name = platform.processor() or platform.machine()
-    physical = set()
-    try:
-        phys = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (s.strip() for s in line.partition(":"))
-            if key == "model name" and name in (platform.processor(), platform.machine()):
-                name = value
-            elif key == "physical id":
-                phys = value
-            elif key == "core id":
-                core = value
-                physical.add((phys, core))
-    except OSError:
-        pass
-    flags = ""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        pass
-    isa = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile") if f" {f}" in flags]
-    return {"cpu": name, "logical_cores": os.cpu_count(), "physical_cores": len(physical) or None, "isa": isa}
-
 
 def gpu_names() -> list[str]:
     try:

@@ -8,6 +8,7 @@
     python -m training fit --data train-sample.csv --tabular --out DIR                 # Stack Overflow
     python -m training distill --teacher artifacts/tweets/checkpoint --student-layers 0,5 --out DIR
     python -m training bench
+    python -m training bench --processes 1,2          # DDP scaling: samples/s and efficiency, 1 vs 2 processes
     python -m training experiments --out reports      # the reference study's tables (training/experiments.py)
 
 Errors print one line and exit with status 2; an interrupted run (Ctrl-C, SIGTERM) saves its state
@@ -123,6 +124,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     b.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout of both LoRA runs (fit's default: 0)")
     b.add_argument("--random-weights", action="store_true",
                    help="random weights from the config alone (speed does not depend on the values)")
+    b.add_argument("--processes", type=_int_list,
+                   help="instead: training samples/s on these process counts side by side, one thread each, "
+                        "and the scaling efficiency, e.g. 1,2 (training/scaling.py)")
 
     from training import experiments
     e = sub.add_parser("experiments", help="the reference study's grid of variants -> OUT/experiments.md")

@@ -78,6 +78,19 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
+def wrap(model: torch.nn.Module, ctx: Context, device: torch.device) -> torch.nn.Module:
+    """The module that runs forward: DistributedDataParallel under torchrun, the model itself alone.
+
+    Only the trainable parameters take part in DDP's gradient all-reduce, so LoRA and frozen layers
+    need no find_unused_parameters; the buffers (positions, tabular statistics) never change, so they
+    are not re-sent at every forward."""
+    if not ctx.enabled:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device] if device.type == "cuda" else None, forward_sync_buffers=False,
+        gradient_as_bucket_view=True)
+
+
 # ---- collectives (identities in a single process) ---------------------------------------------
 def sum_across(values, ctx: Context, device: torch.device) -> np.ndarray:
     """Element-wise sum over the ranks of float64 numbers; every rank gets the result."""

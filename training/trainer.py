@@ -278,13 +278,8 @@ class Trainer:
             progress = self._restore(state, opt, sched, scaler)
             log.info(f"resuming {self.out_dir} at epoch {progress['epoch'] + 1}, step {progress['step']}")
             del state
-        # only the trainable parameters take part in DDP's gradient all-reduce: LoRA and frozen layers
-        # need no find_unused_parameters; the buffers (positions, tabular statistics) never change
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[self.device] if self.device.type == "cuda" else None, forward_sync_buffers=False,
-            gradient_as_bucket_view=True) if ctx.enabled else model
-        step = TrainStep(model, opt, sched, net=net, max_grad_norm=cfg.max_grad_norm, loss_fn=self.loss_fn,
-                         scaler=scaler, autocast=self._autocast)
+        step = TrainStep(model, opt, sched, net=distributed.wrap(model, ctx, self.device),
+                         max_grad_norm=cfg.max_grad_norm, loss_fn=self.loss_fn, scaler=scaler, autocast=self._autocast)
         if hasattr(self.loss_fn, "setup"):
             self.loss_fn.setup(self)
         reporter = Reporter(cfg.report_to if ctx.is_main else "none", self.out_dir,
