@@ -260,5 +260,44 @@ def test_the_experiment_grid_runs_under_torchrun(tmp_path):
     assert job.stdout.count("# Experiments:") == 1  # the report is printed once, by rank 0
 
 
+# ---- the Kubernetes training Job ---------------------------------------------------------------
+K8S = ROOT / "deploy" / "k8s" / "training"
+
+
+def test_the_kubernetes_training_job_is_valid_and_consistent():
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
+    import yaml
+
+    listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
+    docs = [d for name in listed for d in yaml.safe_load_all((K8S / name).read_text())]
+    for doc in docs:  # against the Kubernetes OpenAPI schema, unknown fields included
+        kubernetes_validate.validate(doc, "1.31", strict=True)
+    kinds = {d["kind"]: d for d in docs}
+    job, service = kinds["Job"], kinds["Service"]
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    flags = dict(a.lstrip("-").split("=", 1) for a in args[:args.index("-m")] if "=" in a)
+    # one pod per node: --nnodes, completions and parallelism agree; index 0 hosts the rendezvous
+    assert int(flags["nnodes"]) == spec["completions"] == spec["parallelism"] and spec["completionMode"] == "Indexed"
+    host, port = flags["rdzv-endpoint"].split(":")
+    assert host == f"{job['metadata']['name']}-0.{pod['subdomain']}" and pod["subdomain"] == service["metadata"]["name"]
+    assert int(port) == service["spec"]["ports"][0]["port"] and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    gpus = pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    assert int(flags["nproc-per-node"]) == gpus
+    # the command after `-m` is one this checkout's CLI accepts, resuming into the shared volume
+    from training.__main__ import parse_args
+    command = parse_args(args[args.index("-m") + 2:])
+    assert command.command == "fit" and command.resume
+    mounts = {m["mountPath"]: m for m in pod["containers"][0]["volumeMounts"]}
+    out_mount, data_mount = (mounts["/" + Path(p).parts[1]] for p in (command.out, command.data))
+    assert not out_mount.get("readOnly") and data_mount.get("readOnly")
+    claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    claim = claims[volumes[out_mount["name"]]["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every node reads the saved state back
+    assert 'ENTRYPOINT ["torchrun"]' in (K8S / "Dockerfile").read_text()
+
+
 if __name__ == "__main__":
     sys.exit(worker(sys.argv[1]))
