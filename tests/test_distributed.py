@@ -260,6 +260,23 @@ def test_the_experiment_grid_runs_under_torchrun(tmp_path):
     assert job.stdout.count("# Experiments:") == 1  # the report is printed once, by rank 0
 
 
+@pytest.mark.gpu
+def test_two_gpus_with_nccl_train_like_one(assets, tmp_path):
+    """The same comparison on GPUs (NCCL), fp32 so both sides do the same maths."""
+    if torch.cuda.device_count() < 2:
+        pytest.skip(f"NCCL needs one GPU per process; this machine has {torch.cuda.device_count()}")
+    gpu = ["--device", "cuda", "--amp", "off"]
+    out2, out1 = tmp_path / "two", tmp_path / "one"
+    job = torchrun(2, {"argv": fit_args(assets, out2, 8, *gpu)})
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "(nccl)" in job.stderr
+    assert cli(fit_args(assets, out1, 16, *gpu)) == 0
+    # cuBLAS may pick other kernels for a batch of 8 than of 16: a looser bound than on CPU
+    assert max_difference(weights(out1), weights(out2)) < 1e-4
+    m1, m2 = (json.loads((o / "metrics.json").read_text()) for o in (out1, out2))
+    assert m2["test"]["accuracy"] == m1["test"]["accuracy"] and m2["device"] == "cuda:0"
+
+
 # ---- the Kubernetes training Job ---------------------------------------------------------------
 K8S = ROOT / "deploy" / "k8s" / "training"
 
