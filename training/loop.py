@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from training.errors import TrainError
+
 LossFn = Callable[[torch.Tensor, dict, torch.nn.Module], torch.Tensor]
 
 
@@ -34,6 +36,21 @@ def make_scheduler(opt, total_steps: int, warmup_ratio: float):
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def amp_dtype(device: torch.device, amp: str):
+    """The autocast dtype for `--amp` on this device; None trains in fp32."""
+    if amp not in ("auto", "bf16", "fp16", "off"):
+        raise TrainError(f"--amp {amp!r}: expected auto, bf16, fp16 or off")
+    if device.type != "cuda" or amp == "off":
+        return None  # CPU trains in fp32: bf16 autocast on a CPU without AMX is slower, not faster
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, dtype):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def forward_logits(model, batch: dict) -> torch.Tensor:

@@ -17,7 +17,6 @@ validation and test losses are always the hard-label loss, so runs compare on on
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import logging
@@ -38,7 +37,7 @@ from training.data import EncodedDataset, TextDataset, check_max_length, load_to
 from training.defaults import LR_FULL
 from training.errors import TrainError, TrainingInterrupted
 from training.launch import launched
-from training.loop import LossFn, TrainStep, forward_logits, make_optimizer, make_scheduler
+from training.loop import LossFn, TrainStep, amp_dtype, autocast, forward_logits, make_optimizer, make_scheduler
 from training.metrics import classification_metrics
 from training.model import BertForSequenceClassification, normalize_keys, read_state_dict, resolve_checkpoint
 from training.run_state import STATE_FILE
@@ -143,7 +142,7 @@ class Trainer:
             raise TrainError(str(e)) from None
         self.micro_batch, self.grad_accum = cfg.batch_size, cfg.grad_accum
         self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum  # texts per optimizer step
-        self.amp_dtype = self._pick_amp(cfg.amp)
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
         tokenizer = load_tokenizer(self.tokenizer_from)
         self.label_names = splits["train"].label_names
         self.encoded = {name: EncodedDataset(ds, tokenizer, cfg.max_length) for name, ds in splits.items()}
@@ -152,20 +151,8 @@ class Trainer:
         # a torchrun worker also hears the Ctrl-C its agent passes on: one request, not two
         self.stop = run_state.StopRequest(grace=run_state.SIGNAL_GRACE_SECONDS if launched() else 0.0)
 
-    # -- setup --
-    def _pick_amp(self, amp: str):
-        if amp not in ("auto", "bf16", "fp16", "off"):
-            raise TrainError(f"--amp {amp!r}: expected auto, bf16, fp16 or off")
-        if self.device.type != "cuda" or amp == "off":
-            return None  # CPU trains in fp32: bf16 autocast on a CPU without AMX is slower, not faster
-        if amp == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
