@@ -238,9 +238,10 @@ class Trainer:
         if not resume and exists:
             raise TrainError(f"{self.out_dir} holds an unfinished run ({STATE_FILE}): pass --resume to continue "
                              f"it, or choose another --out")
-        if resume and not self._state_path().exists():
-            raise TrainError(f"rank {self.dist.rank} cannot see {self._state_path()}, which rank 0 saved: the run "
-                             f"folder (--out) must be on storage every node shares")
+        blind = [r for r, seen in enumerate(distributed.gather(self._state_path().exists(), self.dist)) if not seen]
+        if resume and blind:  # every rank reads the state back: all stop here together
+            raise TrainError(f"rank(s) {blind} cannot see {self._state_path()}, which rank 0 saved: the run folder "
+                             f"(--out) must be on storage every node shares")
         return resume
 
     # -- training --
