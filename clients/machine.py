@@ -1,4 +1,4 @@
-"""What the benchmark runs on: the CPU (name, cores, instruction sets), GPUs, and this CPU's GEMM rate.
+"""What the benchmark runs on: the CPU (contract/machine.py), GPUs, and this CPU's GEMM rate.
 
 The GEMM rate is the yardstick of FLOP utilisation: a one-MatMul ONNX graph (n x n @ n x n, fp32)
 run by ONNX Runtime, the library the served ONNX models run on, on as many threads as they use.
@@ -10,39 +10,13 @@ functions with the same result fields, and into the benchmark's `matmul` record 
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 
-# instruction sets that decide how fast the model's matmuls can run, in /proc/cpuinfo's spelling
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
-
-
-def cpu_info() -> dict:
-    """{"cpu": model name, "logical_cores", "physical_cores", "isa": the ISA_FLAGS this CPU has}."""
-    import psutil
-
-    name = platform.processor() or platform.machine()
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = (s.strip() for s in line.partition(":"))
-            if key == "model name" and name in (platform.processor(), platform.machine()):
-                name = value
-            elif key == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"cpu": name, "logical_cores": os.cpu_count(), "physical_cores": psutil.cpu_count(logical=False),
-            "isa": [f for f in ISA_FLAGS if f in flags]}
-
-
-def has_vnni(isa: list[str]) -> bool:
-    return "avx512_vnni" in isa or "avx_vnni" in isa
+from contract.machine import cpu_info, has_vnni  # noqa: F401  (re-exported: what the benchmark runs on)
 
 
 def gpu_names() -> list[str]:

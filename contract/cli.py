@@ -43,39 +43,21 @@ def error_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _classes(specs: Sequence) -> tuple[type, ...]:
-    """Classes given as such or as "module:Class"; a module not loaded yet raised nothing, so it is
-    not imported just to look (that would load torch for a stage's lightest command)."""
-    out = []
-    for spec in specs:
-        if isinstance(spec, type):
-            out.append(spec)
-        elif spec.partition(":")[0] in sys.modules:
-            module, _, name = spec.partition(":")
-            out.append(getattr(sys.modules[module], name))
-    return tuple(out)
-
-
-def run_guarded(fn: Callable[[], int | None], user_errors: Sequence = (), interrupts: Sequence = ()) -> int:
-    """fn()'s exit status; a user error is one line and 2, an interruption 130, anything else raises.
-
-    user_errors / interrupts: further classes (or "module:Class") to treat so, for errors defined
-    where they do not derive from UserError / Interrupted.
-    """
+def run_guarded(fn: Callable[[], int | None]) -> int:
+    """fn()'s exit status; a UserError is one line and 2, an interruption 130, anything else raises."""
     try:
         return int(fn() or 0)
     except (KeyboardInterrupt, Exception) as e:
-        if isinstance(e, (UserError, *_classes(user_errors))):
+        if isinstance(e, UserError):
             print(f"error: {error_line(e)}", file=sys.stderr)
             return 2
-        if isinstance(e, (KeyboardInterrupt, Interrupted, *_classes(interrupts))):
+        if isinstance(e, (KeyboardInterrupt, Interrupted)):
             print(error_line(e) if str(e) else "interrupted", file=sys.stderr)
             return 130
         raise
 
 
-def main(prog: str, description: str, commands: dict[str, Command], argv: Sequence[str] | None = None,
-         user_errors: Sequence = (), interrupts: Sequence = ()) -> int:
+def main(prog: str, description: str, commands: dict[str, Command], argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in commands:
         top = argparse.ArgumentParser(prog=prog, description=description,
@@ -93,4 +75,4 @@ def main(prog: str, description: str, commands: dict[str, Command], argv: Sequen
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(rest)
-    return run_guarded(lambda: run(args), user_errors, interrupts)
+    return run_guarded(lambda: run(args))

@@ -11,9 +11,9 @@ import torch
 from build_fixtures import make_run
 
 from build.artifacts import BuildError, Encoder, accuracy, load_examples, load_model, predictions
-from build.quantize import (CALIB_METHODS, QuantizeSettings, insert_and_calibrate, load_quantized, logits_of,
-                            quantize, quantizer_groups, quantizers, sensitivity, sensitivity_markdown,
-                            training_record)
+from build.quantize import QuantizeSettings, load_quantized, qat_finetune, quantize, training_record
+from build.quantizers import (CALIB_METHODS, insert_and_calibrate, logits_of, quantizer_groups, quantizers, sensitivity,
+                              sensitivity_markdown)
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,23 @@ def test_qat_schedule_comes_from_the_training_run(tmp_path):
         {"config": {"lr": 4e-5, "epochs": 3, "batch_size": 32}, "num_train": 1000}))
     rec = training_record(tmp_path / "checkpoint")
     assert rec["learning_rate"] == 4e-5 and rec["steps"] == 3 * 32 and rec["batch_size"] == 32
+
+
+def test_qat_steps_count_the_global_batch_of_a_multi_process_run(tmp_path):
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "metrics.json").write_text(json.dumps(   # torchrun: 4 processes x batch 8
+        {"config": {"lr": 4e-5, "epochs": 2, "batch_size": 8}, "global_batch": 32, "num_train": 1000}))
+    rec = training_record(tmp_path / "checkpoint")
+    assert rec["steps"] == 2 * 32 and rec["batch_size"] == 32
+
+
+def test_qat_steps_through_the_trainers_loop(run, parts, encoder):
+    model = insert_and_calibrate(load_model(run / "checkpoint"), parts["train"].sample(32), encoder, "max")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    logs = []
+    losses = qat_finetune(model, parts["train"], encoder, steps=4, lr=1e-3, batch_size=8, log=logs.append,
+                          show_progress=False)
+    assert len(losses) == 4 and all(np.isfinite(losses)) and not model.training
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p)]
+    assert changed and any(n.endswith(".bias") for n in changed)
+    assert "QAT: 4 steps" in logs[-1]

@@ -108,6 +108,7 @@ def test_cli_errors_are_one_line_and_exit_2(tiny, toy, tmp_path, capsys):
         (["--data", str(toy), "--max-length", "100"], "--max-length 100: must be between 3 and 64"),
         (["--data", str(toy), "--tabular"], "no tabular features"),
         (["--data", str(toy), "--model", str(tmp_path / "nomodel")], "nomodel"),
+        (["--data", str(toy), "--grad-accum", "0"], "--grad-accum must be >= 1"),
     ]
     for extra, message in cases:
         rc = cli(["fit", "--model", str(tiny), "--out", str(tmp_path / "err"), "--no-progress", *extra])

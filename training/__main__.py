@@ -8,6 +8,7 @@
     python -m training fit --data train-sample.csv --tabular --out DIR                 # Stack Overflow
     python -m training distill --teacher artifacts/tweets/checkpoint --student-layers 0,5 --out DIR
     python -m training bench
+    python -m training bench --processes 1,2          # DDP scaling: samples/s and efficiency, 1 vs 2 processes
     python -m training experiments --out reports      # the reference study's tables (training/experiments.py)
 
 Errors print one line and exit with status 2; an interrupted run (Ctrl-C, SIGTERM) saves its state
@@ -28,6 +29,7 @@ import numpy as np
 from contract import cli
 from contract.names import DEFAULT_MAX_LENGTH, MAX_POSITIONS
 from training.defaults import LR_DISTILL, LR_FULL, LR_LORA
+from training.launch import is_main_process
 
 
 def _csv_list(s: str) -> list[str]:
@@ -60,7 +62,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 def add_train_args(p: argparse.ArgumentParser, default_out: str) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="texts per process and micro-batch; global batch = batch size x processes x --grad-accum")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimizer step (keeps the global batch when --batch-size shrinks)")
     g.add_argument("--eval-batch-size", type=int, default=64)
     g.add_argument("--lr", type=float, help=f"peak learning rate (default: fit {LR_FULL:g} full, "
                                             f"{LR_LORA:g} LoRA; distill {LR_DISTILL:g})")
@@ -121,6 +126,9 @@ def add_bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--lora-dropout", type=float, default=0.0, help="LoRA dropout of both LoRA runs (fit's default: 0)")
     b.add_argument("--random-weights", action="store_true",
                    help="random weights from the config alone (speed does not depend on the values)")
+    b.add_argument("--processes", type=_int_list,
+                   help="instead: training samples/s on these process counts side by side, one thread each, "
+                        "and the scaling efficiency, e.g. 1,2 (training/scaling.py)")
 
 
 # ---- commands --------------------------------------------------------------------------------
@@ -151,7 +159,7 @@ def _prepare_split(args, out: Path, default_split: Path | None = None):
                 raise data.DataError(f"{split_file} was made from {saved.get('data')} with --limit {saved.get('limit')} "
                                      f"--seed {saved.get('seed')}; resume with those, or choose another --out")
         log.info(f"split: reusing {reuse}")
-        if reuse != split_file:
+        if reuse != split_file and is_main_process():  # under torchrun, rank 0 writes
             data.save_split(split_file, ds, {k: _positions(ds, v) for k, v in parts.items()},
                             saved.get("seed", args.seed), saved.get("limit"))
     else:
@@ -160,7 +168,8 @@ def _prepare_split(args, out: Path, default_split: Path | None = None):
             ds = data.stratified_subsample(ds, args.limit, args.seed)
         idx = data.make_split(ds, args.seed)
         parts = {k: ds.subset(v) for k, v in idx.items()}
-        data.save_split(split_file, ds, idx, args.seed, args.limit)
+        if is_main_process():  # under torchrun every rank makes the same split; rank 0 writes it
+            data.save_split(split_file, ds, idx, args.seed, args.limit)
     per_class = {}
     for part in parts.values():  # the texts this run uses (a reused split may cover part of the file)
         for k, v in part.class_counts().items():
@@ -185,7 +194,8 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def _train_config(args, lr: float):
     from training.trainer import TrainConfig
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, eval_batch_size=args.eval_batch_size, lr=lr,
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                       eval_batch_size=args.eval_batch_size, lr=lr,
                        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio,
                        max_grad_norm=args.max_grad_norm, max_length=args.max_length, seed=args.seed,
                        bucket=not args.no_bucket, device=args.device, amp=args.amp, report_to=args.report_to,
@@ -193,6 +203,8 @@ def _train_config(args, lr: float):
 
 
 def _summary(metrics: dict, out: Path) -> None:
+    if not is_main_process():  # under torchrun every rank has the metrics; rank 0 prints them
+        return
     t = metrics["test"]
     print(f"{out}: best epoch {metrics['best_epoch']}, test loss {t['loss']:.4f}, accuracy {t['accuracy']:.4f}, "
           f"macro F1 {t['f1_macro']:.4f}; trainable {metrics['trainable_parameters']:,} "
@@ -269,7 +281,8 @@ def cmd_distill(args) -> None:
                   resume=args.resume, run_info=run_info)
     _summary(metrics, out)
     tt = metrics["teacher_test"]
-    print(f"teacher on the same test split: loss {tt['loss']:.4f}, accuracy {tt['accuracy']:.4f}")
+    if is_main_process():
+        print(f"teacher on the same test split: loss {tt['loss']:.4f}, accuracy {tt['accuracy']:.4f}")
 
 
 def cmd_fetch(args) -> None:
@@ -295,15 +308,12 @@ COMMANDS = {
     "experiments": cli.Command("the reference study's grid of variants -> OUT/experiments.md",
                                module="training.experiments", run="cmd_experiments"),
 }
-# Errors of training's own modules that do not derive from contract.errors.UserError / Interrupted
-USER_ERRORS = ("training.trainer:TrainError", "training.distill:DistillError")
-INTERRUPTS = ("training.trainer:TrainingInterrupted",)
-
-
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    # under torchrun rank 0 speaks for the job; the other ranks only warn
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
-    return cli.main("python -m training", __doc__, COMMANDS, argv, USER_ERRORS, INTERRUPTS)
+    return cli.main("python -m training", __doc__, COMMANDS, argv)
 
 
 if __name__ == "__main__":

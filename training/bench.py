@@ -15,6 +15,8 @@ depend on the values).
 Models run in alternating rounds (the order rotates each round) so a slow spell on a shared machine
 hits all of them alike; each figure is the median over every timed step. The load average is printed
 because another process on the machine changes the figures.
+
+`--processes 1,2` measures something else: how training scales over processes (training/scaling.py).
 """
 from __future__ import annotations
 
@@ -99,6 +101,10 @@ def main(args) -> None:
     import warnings
 
     from training.fetch import default_base_model
+
+    if getattr(args, "processes", None):  # the multi-process scaling benchmark
+        from training import scaling
+        return scaling.main(args)
 
     if args.threads:
         torch.set_num_threads(args.threads)

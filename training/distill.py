@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from contract.errors import UserError
 from training.config import BertConfig
 from training.data import load_tokenizer
 from training.model import BertForSequenceClassification
 
 
-class DistillError(ValueError):
+class DistillError(UserError, ValueError):
     """A student/teacher pair that cannot work together; the message says why."""
 
 

@@ -4,58 +4,56 @@
     metrics = fit(model, parts, TrainConfig(epochs=3), out_dir, tokenizer_from=base)
 
 The run folder gets `checkpoint/` (the best epoch's weights in Hugging Face layout, LoRA merged),
-`adapter.safetensors` (LoRA runs), `metrics.json`, and while training `trainer_state.pt`, written at
-the end of every epoch and on SIGINT/SIGTERM, from which `fit(..., resume=True)` continues exactly
-where it stopped (same batches, same dropout masks, same final weights). The caller writes
+`adapter.safetensors` (LoRA runs), `metrics.json`, and while training `trainer_state.pt`, from which
+`fit(..., resume=True)` continues where it stopped (training/run_state.py). The caller writes
 `split.json` (see data.save_split).
+
+Under torchrun the same code trains on several processes with DistributedDataParallel
+(training/distributed.py says how the work is shared): the global batch is `batch_size` x processes
+x `grad_accum`, the schedule counts global steps, and only rank 0 writes files or shows progress.
 
 A `loss_fn(logits, batch, model)` hook replaces the hard-label training loss (distillation uses it);
 validation and test losses are always the hard-label loss, so runs compare on one scale.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import math
-import os
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training import lora as lora_lib
-from training.data import EncodedDataset, TextDataset, check_max_length, load_tokenizer
+from contract.files import atomic_write_json
+from contract.progress import progress as progress_bar
+from training import distributed, lora as lora_lib, run_state
 from training.config import BertConfig
+from training.data import EncodedDataset, TextDataset, check_max_length, load_tokenizer
 from training.defaults import LR_FULL
+from training.errors import TrainError, TrainingInterrupted
+from training.launch import launched
+from training.loop import LossFn, TrainStep, amp_dtype, autocast, forward_logits, make_optimizer, make_scheduler
+from training.metrics import classification_metrics
 from training.model import BertForSequenceClassification, normalize_keys, read_state_dict, resolve_checkpoint
+from training.run_state import STATE_FILE
+from training.tracking import Reporter, check_report_to
 
 log = logging.getLogger("training")
 
-STATE_FILE = "trainer_state.pt"
-REPORTERS = ("none", "tensorboard", "wandb", "mlflow")
-
-
-class TrainError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM arrived: the state was saved, `--resume` continues."""
+__all__ = ["TrainConfig", "Trainer", "fit", "prepare_model", "parameter_counts", "TrainError", "TrainingInterrupted",
+           "STATE_FILE", "check_report_to", "classification_metrics"]
 
 
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 3
-    batch_size: int = 32
+    batch_size: int = 32         # per process; the global batch is batch_size x processes x grad_accum
+    grad_accum: int = 1          # micro-batches per optimizer step
     eval_batch_size: int = 64
     lr: float = LR_FULL
     weight_decay: float = 0.01
@@ -64,13 +62,13 @@ class TrainConfig:
     max_length: int = 128
     seed: int = 42
     bucket: bool = True          # length-bucketed batches: less padding, same randomness per epoch
-    device: str = "auto"         # auto | cpu | cuda | cuda:N
+    device: str = "auto"         # auto | cpu | cuda | cuda:N (under torchrun: the GPU of LOCAL_RANK)
     amp: str = "auto"            # auto (CUDA: bf16 if supported, else fp16 + GradScaler) | bf16 | fp16 | off
     report_to: str = "none"
     progress: bool = True
 
     # what must match for --resume to continue a run (progress bars and trackers may change)
-    RESUME_KEYS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
+    RESUME_KEYS = ("epochs", "batch_size", "grad_accum", "lr", "weight_decay", "warmup_ratio", "max_grad_norm",
                    "max_length", "seed", "bucket")
 
 
@@ -124,100 +122,7 @@ def parameter_counts(model) -> dict:
             "relative_parameters": trainable / total}
 
 
-# ---- metrics ---------------------------------------------------------------------------------
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, label_names: list[str],
-                           multi_label: bool) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support, roc_auc_score
-
-    if not multi_label:
-        pred = logits.argmax(-1)
-        p, r, f, _ = precision_recall_fscore_support(labels, pred, labels=range(len(label_names)),
-                                                     average="macro", zero_division=0)
-        return {"accuracy": float(accuracy_score(labels, pred)), "precision_macro": float(p),
-                "recall_macro": float(r), "f1_macro": float(f)}
-    y = labels.astype(int)
-    pred = (logits > 0).astype(int)  # sigmoid(logit) > 0.5
-    p, r, f, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
-    auc = {}
-    for j, name in enumerate(label_names):  # undefined when a split holds only one class of a label
-        auc[name] = float(roc_auc_score(y[:, j], logits[:, j])) if 0 < y[:, j].sum() < len(y) else None
-    defined = [v for v in auc.values() if v is not None]
-    return {"accuracy": float(accuracy_score(y, pred)),  # exact match of the whole label set
-            "label_accuracy": float((pred == y).mean()),
-            "precision_macro": float(p), "recall_macro": float(r), "f1_macro": float(f),
-            "f1_micro": float(f1_score(y, pred, average="micro", zero_division=0)),
-            "roc_auc": auc, "roc_auc_macro": float(np.mean(defined)) if defined else None}
-
-
-# ---- experiment trackers ---------------------------------------------------------------------
-_TRACKER_HINTS = {"wandb": "pip install wandb, then `wandb login` or WANDB_MODE=offline",
-                  "mlflow": "pip install mlflow; MLFLOW_TRACKING_URI picks the server"}
-
-
-def check_report_to(kind: str):
-    """The tracker's module (None for none/tensorboard), or a clear error before any work is done."""
-    if kind not in REPORTERS:
-        raise TrainError(f"--report-to {kind!r}: expected one of {REPORTERS}")
-    if kind in _TRACKER_HINTS:
-        try:
-            return __import__(kind)
-        except ImportError:
-            raise TrainError(f"--report-to {kind}: the `{kind}` package is not installed ({_TRACKER_HINTS[kind]})") from None
-    return None
-
-
-class Reporter:
-    """Sends scalars to TensorBoard (offline event files), Weights & Biases or MLflow."""
-
-    def __init__(self, kind: str, out_dir: Path, config: dict):
-        module = check_report_to(kind)
-        self.kind, self.backend = kind, None
-        if kind == "tensorboard":
-            from torch.utils.tensorboard import SummaryWriter
-            self.backend = SummaryWriter(log_dir=str(out_dir / "tensorboard"))
-            self.backend.add_text("config", json.dumps(config, indent=1, default=str))
-        elif kind == "wandb":
-            self.backend = module.init(project=os.environ.get("WANDB_PROJECT", "bert-triton"), dir=str(out_dir),
-                                       name=out_dir.name, config=config, resume="allow")
-        elif kind == "mlflow":
-            self.backend = module
-            module.start_run(run_name=out_dir.name)
-            module.log_params({k: str(v)[:250] for k, v in config.items()})
-
-    def log(self, scalars: dict, step: int) -> None:
-        flat = {k: v for k, v in _flatten(scalars).items() if isinstance(v, (int, float)) and v is not None}
-        if self.kind == "tensorboard":
-            for k, v in flat.items():
-                self.backend.add_scalar(k, v, step)
-        elif self.kind == "wandb":
-            self.backend.log(flat, step=step)
-        elif self.kind == "mlflow":
-            self.backend.log_metrics({k.replace("/", "_"): v for k, v in flat.items()}, step=step)
-
-    def close(self) -> None:
-        if self.kind == "tensorboard":
-            self.backend.close()
-        elif self.kind == "wandb":
-            self.backend.finish()
-        elif self.kind == "mlflow":
-            self.backend.end_run()
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
-        else:
-            out[key] = v
-    return out
-
-
 # ---- the trainer -----------------------------------------------------------------------------
-LossFn = Callable[[torch.Tensor, dict, torch.nn.Module], torch.Tensor]
-
-
 class Trainer:
     def __init__(self, model: BertForSequenceClassification, splits: dict[str, TextDataset], cfg: TrainConfig,
                  out_dir, tokenizer_from=None, loss_fn: LossFn | None = None, run_info: dict | None = None):
@@ -227,57 +132,27 @@ class Trainer:
         self.tokenizer_from = Path(tokenizer_from or getattr(model, "source_folder", None) or "")
         if not str(self.tokenizer_from) or not self.tokenizer_from.is_dir():
             raise TrainError("the trainer needs the checkpoint folder holding the tokenizer (tokenizer_from=...)")
-        if cfg.epochs < 1 or cfg.batch_size < 1:
-            raise TrainError(f"--epochs and --batch-size must be >= 1 (got {cfg.epochs}, {cfg.batch_size})")
+        if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.grad_accum < 1:
+            raise TrainError(f"--epochs, --batch-size and --grad-accum must be >= 1 "
+                             f"(got {cfg.epochs}, {cfg.batch_size}, {cfg.grad_accum})")
         check_max_length(cfg.max_length, model.config.max_position_embeddings)
-        self.device = self._pick_device(cfg.device)
-        self.amp_dtype = self._pick_amp(cfg.amp)
+        try:
+            self.dist, self.device = distributed.setup(cfg.device)
+        except distributed.DistributedError as e:
+            raise TrainError(str(e)) from None
+        self.micro_batch, self.grad_accum = cfg.batch_size, cfg.grad_accum
+        self.global_batch = cfg.batch_size * self.dist.world_size * cfg.grad_accum  # texts per optimizer step
+        self.amp_dtype = amp_dtype(self.device, cfg.amp)
         tokenizer = load_tokenizer(self.tokenizer_from)
         self.label_names = splits["train"].label_names
         self.encoded = {name: EncodedDataset(ds, tokenizer, cfg.max_length) for name, ds in splits.items()}
         self.model.to(self.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self._stop: int | None = None
-
-    # -- setup --
-    @staticmethod
-    def _pick_device(spec: str) -> torch.device:
-        if spec == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if spec.startswith("cuda") and not torch.cuda.is_available():
-            raise TrainError(f"--device {spec}: CUDA is not available on this machine")
-        return torch.device(spec)
-
-    def _pick_amp(self, amp: str):
-        if amp not in ("auto", "bf16", "fp16", "off"):
-            raise TrainError(f"--amp {amp!r}: expected auto, bf16, fp16 or off")
-        if self.device.type != "cuda" or amp == "off":
-            return None  # CPU trains in fp32: bf16 autocast on a CPU without AMX is slower, not faster
-        if amp == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-
-    def _optimizer(self):
-        decay = [p for p in self.params if p.ndim >= 2]      # matrices: weights, embeddings, LoRA A/B
-        no_decay = [p for p in self.params if p.ndim < 2]    # biases and LayerNorm
-        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        kind = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=self.cfg.lr, **kind)
-
-    def _scheduler(self, opt, total_steps: int):
-        warmup = int(self.cfg.warmup_ratio * total_steps)
-
-        def factor(step):  # linear warmup to lr, then linear decay to 0
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-        return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        # a torchrun worker also hears the Ctrl-C its agent passes on: one request, not two
+        self.stop = run_state.StopRequest(grace=run_state.SIGNAL_GRACE_SECONDS if launched() else 0.0)
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return autocast(self.device, self.amp_dtype)
 
     def _to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -285,18 +160,18 @@ class Trainer:
     # -- evaluation --
     @torch.no_grad()
     def predict(self, model, enc: EncodedDataset) -> np.ndarray:
-        """Logits (N, num_labels) in the dataset's order."""
+        """Logits (N, num_labels) in the dataset's order, on every rank (each scores its share)."""
         was_training = model.training
         model.eval()
         out = np.zeros((len(enc), model.config.num_labels), dtype=np.float32)
-        for idx in enc.batches(self.cfg.eval_batch_size, shuffle=False, bucket=True):
+        batches = enc.batches(self.cfg.eval_batch_size, shuffle=False, bucket=True)
+        for idx in distributed.eval_batches(batches, self.dist):
             b = self._to_device(enc.collate(idx))
             with self._autocast():
-                logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                               features=b.get("features")).logits
+                logits = forward_logits(model, b)
             out[idx] = logits.float().cpu().numpy()
         model.train(was_training)
-        return out
+        return distributed.sum_array(out, self.dist, self.device)
 
     def evaluate(self, split: str, model=None) -> dict:
         model = model or self.model
@@ -313,91 +188,96 @@ class Trainer:
 
     def _fingerprint(self) -> dict:
         return {"config": {k: getattr(self.cfg, k) for k in TrainConfig.RESUME_KEYS},
+                "processes": self.dist.world_size, "global_batch": self.global_batch,
                 "model": self.model.config.to_dict(),
                 "trainable": [n for n, p in self.model.named_parameters() if p.requires_grad],
                 "rows": {s: [int(r) for r in enc.data.rows[:: max(1, len(enc) // 50)]] + [len(enc)]
                          for s, enc in self.encoded.items()}}
 
     def _save_state(self, opt, sched, scaler, progress: dict) -> None:
-        state = {"model": self.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "scaler": scaler.state_dict() if scaler else None, "torch_rng": torch.get_rng_state(),
-                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                 "progress": progress, "fingerprint": self._fingerprint()}
-        tmp = self._state_path().with_name(f".{STATE_FILE}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        tmp.replace(self._state_path())  # a crash mid-write leaves the previous state intact
+        run_state.save(self._state_path(), self.dist, {
+            "model": self.model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict() if scaler else None, "progress": progress,
+            "fingerprint": self._fingerprint()})
 
-    def _load_state(self, opt, sched, scaler) -> dict:
+    def _resume_from(self) -> dict:
+        """Read the saved state, check it belongs to this run, adopt its global batch."""
         path = self._state_path()
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        saved, now = state["fingerprint"], self._fingerprint()
-        diff = [k for k in now["config"] if saved["config"].get(k) != now["config"][k]]
-        diff += [k for k in ("model", "trainable", "rows") if saved[k] != now[k]]
+        state = run_state.load(path)
+        saved = state["fingerprint"]
+        diff = run_state.check(saved, self._fingerprint())
         if diff:
             raise TrainError(f"--resume: {path} was made with different settings ({', '.join(diff)}); "
                              f"resume with the same options, or start a new --out")
+        processes, world = saved.get("processes", 1), self.dist.world_size
+        global_batch = run_state.saved_global_batch(saved)
+        if global_batch != self.global_batch:  # the run's batches stay what they were
+            self.global_batch = global_batch
+            self.micro_batch, self.grad_accum = run_state.adapt_batch(global_batch, self.dist, self.cfg.batch_size)
+        if processes != world:
+            log.warning(f"--resume: {path} was saved by {processes} process(es), this run has {world}: "
+                        f"the global batch stays {global_batch} ({world} x batch <= {self.micro_batch} x "
+                        f"grad-accum {self.grad_accum}), and dropout draws new masks")
+        return state
+
+    def _restore(self, state: dict, opt, sched, scaler) -> dict:
         self.model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if scaler and state["scaler"]:
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        run_state.restore_rng(state, self.dist, self.cfg.seed, state["progress"])
         return state["progress"]
 
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGINT/SIGTERM ask the loop to save and stop at the next step; a second one stops at once."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop is not None:
-                raise KeyboardInterrupt
-            self._stop = signum
-            log.warning(f"{signal.Signals(signum).name}: saving the state after this step (again to abort)")
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+    def _decide_resume(self, resume: bool) -> bool:
+        """Rank 0 looks at the run folder and decides for all; each rank must then see the same file."""
+        exists = distributed.broadcast(self._state_path().exists(), self.dist)
+        if resume and not exists:  # `make train` always passes --resume
+            log.info(f"--resume: nothing to resume in {self.out_dir} (no {STATE_FILE}); starting a new run")
+            resume = False
+        if not resume and exists:
+            raise TrainError(f"{self.out_dir} holds an unfinished run ({STATE_FILE}): pass --resume to continue "
+                             f"it, or choose another --out")
+        blind = [r for r, seen in enumerate(distributed.gather(self._state_path().exists(), self.dist)) if not seen]
+        if resume and blind:  # every rank reads the state back: all stop here together
+            raise TrainError(f"rank(s) {blind} cannot see {self._state_path()}, which rank 0 saved: the run folder "
+                             f"(--out) must be on storage every node shares")
+        return resume
 
     # -- training --
     def fit(self, resume: bool = False) -> dict:
-        cfg, model = self.cfg, self.model
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if resume and not self._state_path().exists():  # `make train` always passes --resume
-            log.info(f"--resume: nothing to resume in {self.out_dir} (no {STATE_FILE}); starting a new run")
-            resume = False
-        if not resume and self._state_path().exists():
-            raise TrainError(f"{self.out_dir} holds an unfinished run ({STATE_FILE}): pass --resume to continue "
-                             f"it, or choose another --out")
+        cfg, model, ctx = self.cfg, self.model, self.dist
+        if ctx.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        resume = self._decide_resume(resume)
         counts = parameter_counts(model)
-        train = self.encoded["train"]
-        steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
         if counts["trainable_parameters"] == 0:  # e.g. --freeze none: evaluate the model as it is
             return self._finish(best=None, history=[], counts=counts)
 
-        torch.manual_seed(cfg.seed)
-        opt = self._optimizer()
-        sched = self._scheduler(opt, cfg.epochs * steps_per_epoch)
+        state = self._resume_from() if resume else None
+        steps_per_epoch = math.ceil(len(self.encoded["train"]) / self.global_batch)  # global steps
+        torch.manual_seed(cfg.seed + ctx.rank)  # dropout: each rank its own masks
+        opt = make_optimizer(self.params, cfg.lr, cfg.weight_decay, self.device)
+        sched = make_scheduler(opt, cfg.epochs * steps_per_epoch, cfg.warmup_ratio)
         scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         progress = {"epoch": 0, "step": 0, "samples": 0, "loss_sum": 0.0, "seconds": 0.0, "history": [],
                     "best": None, "best_state": None}
-        if resume:
-            progress = self._load_state(opt, sched, scaler)
+        if state is not None:
+            progress = self._restore(state, opt, sched, scaler)
             log.info(f"resuming {self.out_dir} at epoch {progress['epoch'] + 1}, step {progress['step']}")
+            del state
+        step = TrainStep(model, opt, sched, net=distributed.wrap(model, ctx, self.device),
+                         max_grad_norm=cfg.max_grad_norm, loss_fn=self.loss_fn, scaler=scaler, autocast=self._autocast)
         if hasattr(self.loss_fn, "setup"):
             self.loss_fn.setup(self)
-        reporter = Reporter(cfg.report_to, self.out_dir, {**dataclasses.asdict(cfg), **self.run_info, **counts})
+        reporter = Reporter(cfg.report_to if ctx.is_main else "none", self.out_dir,
+                            {**dataclasses.asdict(cfg), **self.run_info, **counts, "processes": ctx.world_size,
+                             "global_batch": self.global_batch})
         try:
-            with self._signals():
+            with self.stop.installed():
                 while progress["epoch"] < cfg.epochs:
-                    self._train_epoch(opt, sched, scaler, progress, reporter)
-                    if self._stop is not None:
+                    self._train_epoch(step, scaler, progress, reporter)
+                    if self.stop.agree(ctx, self.device)[0]:
                         raise TrainingInterrupted(f"interrupted: state saved in {self._state_path()}; "
                                                   f"rerun with --resume to continue")
             with torch.no_grad():  # back to the best epoch's weights (frozen ones never changed)
@@ -408,52 +288,37 @@ class Trainer:
                                    reporter=reporter)
         finally:
             reporter.close()
-        self._state_path().unlink(missing_ok=True)  # finished: nothing left to resume
+        if ctx.is_main:
+            self._state_path().unlink(missing_ok=True)  # finished: nothing left to resume
         return metrics
 
-    def _train_epoch(self, opt, sched, scaler, progress: dict, reporter: Reporter) -> None:
-        from tqdm.auto import tqdm
-
-        cfg, model, train = self.cfg, self.model, self.encoded["train"]
+    def _train_epoch(self, step: TrainStep, scaler, progress: dict, reporter: Reporter) -> None:
+        cfg, model, train, ctx = self.cfg, self.model, self.encoded["train"], self.dist
         epoch = progress["epoch"]
-        batches = train.batches(cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch, bucket=cfg.bucket)
+        # the global batches one process with this global batch size would draw; each rank takes its share
+        batches = train.batches(self.global_batch, shuffle=True, seed=cfg.seed, epoch=epoch, bucket=cfg.bucket)
         model.train()
-        bar = tqdm(total=len(batches), initial=progress["step"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, dynamic_ncols=True, leave=False)
+        bar = progress_bar(total=len(batches), initial=progress["step"], desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                           enabled=cfg.progress and ctx.is_main)
         t0 = time.perf_counter()
-        for step in range(progress["step"], len(batches)):
-            b = self._to_device(train.collate(batches[step]))
-            with self._autocast():
-                logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"],
-                               features=b.get("features")).logits.float()
-            loss = self.loss_fn(logits, b, model) if self.loss_fn else model.loss(logits, b["labels"])
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm, foreach=True)
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-
-            progress["samples"] += len(batches[step])
-            progress["loss_sum"] += loss.item() * len(batches[step])
-            progress["step"] = step + 1
+        for i in range(progress["step"], len(batches)):
+            micro = [(self._to_device(train.collate(idx)), weight)
+                     for idx, weight in distributed.shard(batches[i], ctx, self.micro_batch)]
+            loss_sum = step(micro)
+            stopping, (loss_sum,) = self.stop.agree(ctx, self.device, loss_sum)
+            progress["samples"] += len(batches[i])
+            progress["loss_sum"] += loss_sum
+            progress["step"] = i + 1
             running = progress["loss_sum"] / progress["samples"]
             bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
-            global_step = epoch * len(batches) + step + 1
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{step.lr:.2e}", refresh=False)
+            global_step = epoch * len(batches) + i + 1
             if global_step % 10 == 0:
-                reporter.log({"train/loss": running, "train/lr": sched.get_last_lr()[0]}, global_step)
-            if self._stop is not None and step + 1 < len(batches):
+                reporter.log({"train/loss": running, "train/lr": step.lr}, global_step)
+            if stopping and i + 1 < len(batches):
                 progress["seconds"] += time.perf_counter() - t0
                 bar.close()
-                self._save_state(opt, sched, scaler, progress)
+                self._save_state(step.opt, step.sched, scaler, progress)
                 return
         bar.close()
         train_seconds = progress["seconds"] + time.perf_counter() - t0
@@ -475,17 +340,14 @@ class Trainer:
                       "epoch/train_samples_per_second": record["train_samples_per_second"]},
                      (epoch + 1) * len(batches))
         progress.update(epoch=epoch + 1, step=0, samples=0, loss_sum=0.0, seconds=0.0)
-        self._save_state(opt, sched, scaler, progress)
+        self._save_state(step.opt, step.sched, scaler, progress)
 
     def _finish(self, best, history, counts, reporter: Reporter | None = None) -> dict:
-        """Score the (best) weights on test, write checkpoint/, adapter.safetensors and metrics.json."""
+        """Score the (best) weights on test; rank 0 writes checkpoint/, adapter.safetensors, metrics.json."""
         val = history[best["epoch"]]["val"] if best else self.evaluate("val")
         test = self.evaluate("test")
         if reporter:
-            reporter.log({"test": test}, len(history) * math.ceil(len(self.encoded["train"]) / self.cfg.batch_size))
-        self.save_checkpoint(self.out_dir / "checkpoint")
-        if hasattr(self.model, "lora_config"):
-            lora_lib.save_adapter(self.model, self.out_dir / "adapter.safetensors")
+            reporter.log({"test": test}, len(history) * math.ceil(len(self.encoded["train"]) / self.global_batch))
         train_seconds = [h["train_seconds"] for h in history]
         metrics = {
             **self.run_info,
@@ -502,13 +364,18 @@ class Trainer:
             if history else None,
             "epochs": history,
             "config": {k: v for k, v in dataclasses.asdict(self.cfg).items() if k != "progress"},
+            "processes": self.dist.world_size,
+            "global_batch": self.global_batch,
             "device": str(self.device),
             "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
             "torch_threads": torch.get_num_threads(),
         }
-        tmp = self.out_dir / f".metrics.json.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-        tmp.replace(self.out_dir / "metrics.json")
+        if self.dist.is_main:
+            self.save_checkpoint(self.out_dir / "checkpoint")
+            if hasattr(self.model, "lora_config"):
+                lora_lib.save_adapter(self.model, self.out_dir / "adapter.safetensors")
+            atomic_write_json(self.out_dir / "metrics.json", metrics, indent=1)
+        distributed.barrier(self.dist)  # the run folder is complete before any rank returns
         log.info(f"best epoch {metrics['best_epoch']}: test loss {test['loss']:.4f}, test accuracy "
                  f"{test['accuracy']:.4f} -> {self.out_dir / 'checkpoint'}")
         return metrics
