@@ -291,8 +291,12 @@ def cmd_fetch(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from training import bench
-    bench.main(args)
+    if args.processes:  # how training scales over processes, not scratch vs transformers
+        from training import scaling
+        scaling.main(args)
+    else:
+        from training import bench
+        bench.main(args)
 
 
 log = logging.getLogger("training")

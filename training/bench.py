@@ -32,7 +32,7 @@ from training.config import BertConfig
 from training.model import BertForSequenceClassification, read_state_dict, normalize_keys
 
 
-def _batch(config: BertConfig, batch_size: int, seq_len: int, seed: int = 0) -> dict:
+def synthetic_batch(config: BertConfig, batch_size: int, seq_len: int, seed: int = 0) -> dict:
     """Word-piece ids from the ordinary-vocabulary range, [CLS] ... [SEP], no padding."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(2000, config.vocab_size - 1000, (batch_size, seq_len), generator=g)
@@ -102,10 +102,6 @@ def main(args) -> None:
 
     from training.fetch import default_base_model
 
-    if getattr(args, "processes", None):  # the multi-process scaling benchmark
-        from training import scaling
-        return scaling.main(args)
-
     if args.threads:
         torch.set_num_threads(args.threads)
     base = args.model or default_base_model()
@@ -119,7 +115,7 @@ def main(args) -> None:
                        if not k.startswith("classifier.")}
         ref = _ours(config, weights)
     state = ref.state_dict()  # pretrained (or random) encoder + one seeded head, shared by every model below
-    batch = _batch(config, args.batch_size, args.seq_len)
+    batch = synthetic_batch(config, args.batch_size, args.seq_len)
     n_layers = config.num_hidden_layers
     last4 = tuple(range(max(0, n_layers - 4), n_layers))
     with_hf = not args.skip_transformers

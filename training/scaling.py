@@ -40,7 +40,7 @@ def _worker(rank: int, world: int, port: int, spec: dict, commands, results) -> 
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
     from training import distributed
-    from training.bench import _batch
+    from training.bench import synthetic_batch
     from training.config import BertConfig
     from training.loop import TrainStep, make_optimizer, make_scheduler
     from training.model import BertForSequenceClassification
@@ -51,7 +51,7 @@ def _worker(rank: int, world: int, port: int, spec: dict, commands, results) -> 
     model = BertForSequenceClassification(config).train()
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], 1e-5, 0.01, device)
     step = TrainStep(model, opt, make_scheduler(opt, 10**6, 0.0), net=distributed.wrap(model, ctx, device))
-    batch = _batch(config, spec["batch_size"], spec["seq_len"])  # the same global batch on every rank
+    batch = synthetic_batch(config, spec["batch_size"], spec["seq_len"])  # the same global batch on every rank
     per_rank = -(-spec["batch_size"] // world)
     micro = [({k: v[torch.as_tensor(idx)] for k, v in batch.items()}, w)
              for idx, w in distributed.shard(np.arange(spec["batch_size"]), ctx, per_rank)]
