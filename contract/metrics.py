@@ -95,7 +95,8 @@ class ModelMetrics:
         """Texts one tokenizer execution encoded (their token counts) and how many were cut."""
         tokens_per_text = list(tokens_per_text)
         self._get(TEXTS_TOKENIZED).increment(len(tokens_per_text))
-        self._get(TEXTS_TRUNCATED).increment(truncated)
+        if truncated:   # each update is a round trip to the server process: one text pays for every one
+            self._get(TEXTS_TRUNCATED).increment(truncated)
         histogram = self._get(TOKENS_PER_TEXT)
         for n in tokens_per_text:
             histogram.observe(n)
