@@ -82,6 +82,12 @@ class ModelMetrics:
             for label in labels:
                 self._get(PREDICTIONS, label=label)
 
+    @classmethod
+    def for_classifier(cls, pb_utils, args: dict, post=None) -> "ModelMetrics":
+        """A Python-backend classifier's series; with `post` (a contract.postprocess.Postprocess it
+        runs itself) the predictions series too, one per label name."""
+        return cls(pb_utils, args, CLASSIFIER + (POSTPROCESS if post else ()), post.labels if post else ())
+
     def _get(self, metric: Metric, **extra):
         key = (metric.name, tuple(sorted(extra.items())))
         if key not in self._series:

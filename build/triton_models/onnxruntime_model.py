@@ -21,11 +21,11 @@ import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the contract/ copy beside this file
 from contract import batching  # noqa: E402
-from contract.metrics import CLASSIFIER, POSTPROCESS, ModelMetrics, recording_rows  # noqa: E402
+from contract.metrics import ModelMetrics, recording_rows  # noqa: E402
 from contract.names import FEATURES, LOGITS, TEXT_INPUTS  # noqa: E402
 from contract.onnx_session import open_session  # noqa: E402
 from contract.params import ClassifierParams  # noqa: E402
-from contract.postprocess import PostprocessError, classifier_postprocess  # noqa: E402
+from contract.postprocess import classifier_postprocess  # noqa: E402
 
 
 class TritonPythonModel:
@@ -47,12 +47,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: ONNX Runtime {ort.__version__} on {path.name}, "
                                  f"length-sorted chunks of {self.chunk_rows or 'all'} rows, "
                                  f"{self.workers} at once x {intra_op} intra-op thread(s)")
-        try:
-            self.post = classifier_postprocess(args["model_repository"], params)
-        except PostprocessError as e:
-            raise pb_utils.TritonModelException(f"{args['model_name']}: post-process: {e}")
-        self.metrics = ModelMetrics(pb_utils, args, CLASSIFIER + (POSTPROCESS if self.post else ()),
-                                    self.post.labels if self.post else ())
+        # with `postprocess`: probabilities and label too (a bad labels.txt fails the load, naming it)
+        self.post = classifier_postprocess(args["model_repository"], params)
+        self.metrics = ModelMetrics.for_classifier(pb_utils, args, self.post)
 
     def execute(self, requests):
         def read(request, name):

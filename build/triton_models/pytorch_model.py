@@ -29,10 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the contract/ copy and the training/ snapshot beside this file win
 
 from contract import batching  # noqa: E402
-from contract.metrics import CLASSIFIER, POSTPROCESS, ModelMetrics, recording_rows  # noqa: E402
+from contract.metrics import ModelMetrics, recording_rows  # noqa: E402
 from contract.names import FEATURES, LOGITS  # noqa: E402
 from contract.params import ClassifierParams  # noqa: E402
-from contract.postprocess import PostprocessError, classifier_postprocess  # noqa: E402
+from contract.postprocess import classifier_postprocess  # noqa: E402
 from training.model import BertForSequenceClassification  # noqa: E402
 
 
@@ -57,12 +57,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, "
                                  f"{self.model.num_parameters():,} parameters, length-sorted chunks of "
                                  f"{self.chunk_rows or 'all'} rows, {self.workers} at once x {intra_op} thread(s)")
-        try:
-            self.post = classifier_postprocess(args["model_repository"], params)
-        except PostprocessError as e:
-            raise pb_utils.TritonModelException(f"{args['model_name']}: post-process: {e}")
-        self.metrics = ModelMetrics(pb_utils, args, CLASSIFIER + (POSTPROCESS if self.post else ()),
-                                    self.post.labels if self.post else ())
+        # with `postprocess`: probabilities and label too (a bad labels.txt fails the load, naming it)
+        self.post = classifier_postprocess(args["model_repository"], params)
+        self.metrics = ModelMetrics.for_classifier(pb_utils, args, self.post)
 
     def execute(self, requests):
         def read(request, name):
