@@ -275,3 +275,18 @@ def test_tensorrt_plans_are_configured_when_present(tiny, tmp_path):
                                          plan_dir=tmp_path, log=quiet)
     assert "bert_trt_fp16" not in result.ensembles
     assert "batches up to 32 < --max-batch-size 64" in result.skipped["bert_trt_fp16"]
+
+
+def test_a_cpu_classifier_reads_its_labels_beside_its_config(tmp_path):
+    from contract.params import ClassifierParams
+    from contract.postprocess import PostprocessError, classifier_postprocess
+    assert classifier_postprocess(tmp_path, ClassifierParams()) is None          # not asked to post-process
+    with pytest.raises(PostprocessError, match=r"labels.txt: cannot read the label names"):
+        classifier_postprocess(tmp_path, ClassifierParams(postprocess=True))
+    (tmp_path / "labels.txt").write_text("toxic\ninsult\n")
+    post = classifier_postprocess(tmp_path, ClassifierParams(postprocess=True, multi_label=True, thresholds=(0.5, 0.2)))
+    assert post.labels == ("toxic", "insult") and post.multi_label and post.thresholds == (0.5, 0.2)
+    tensors, names = post.tensors(np.array([[3.0, -1.0], [-3.0, -3.0]], dtype=np.float32))
+    assert names == ["toxic,insult", ""] and tensors["label"].tolist() == [[b"toxic,insult"], [b""]]
+    with pytest.raises(PostprocessError, match="1 thresholds for 2 labels"):
+        classifier_postprocess(tmp_path, ClassifierParams(postprocess=True, thresholds=(0.5,)))
