@@ -101,7 +101,8 @@ def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_la
 
 def make_tiny_build(tmp: Path, int8=True, int8dyn=False, **checkpoint_options) -> tuple[Path, Path]:
     """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model standing in for
-    the QAT graph; + int8dyn: model_int8dyn.onnx as the build quantizes it dynamically)."""
+    the QAT graph; + int8dyn: model_int8dyn.onnx, quantized by the build's own
+    build/quantize_dynamic.py, here from the packed fp32 export to save a second export)."""
     ckpt = make_tiny_checkpoint(tmp / "checkpoint", **checkpoint_options)
     onnx_dir = export_fp32(ckpt, tmp / "build" / "onnx")
     if int8:  # dynamic int8 quantization: a real int8 graph, small and quick to make
