@@ -87,7 +87,7 @@ ONNX_DIR   := $(BUILD_DIR)/onnx
 PLAN_DIR   := $(BUILD_DIR)/engines
 TS_DIR     := $(BUILD_DIR)/torchscript
 QUANT_ARGS ?= --calib-texts $(CALIB) --sensitivity-texts $(SENS)
-PRECISIONS ?= fp32,int8
+PRECISIONS ?= fp32,int8,int8dyn
 ONNX_ARGS  ?=
 ENGINE_ARGS ?=
 
@@ -100,7 +100,8 @@ quantize: $(QUANT_DIR)/quantize.json ## INT8 quantization-aware training (modelo
 # The ONNX export depends on what was asked for: PRECISIONS or ONNX_ARGS given (command line or
 # environment) and different from the request the last export recorded in $(ONNX_STAMP) re-export.
 # Left unsaid (e.g. `make repository`), whatever was exported last is used as it is.
-# INT8 needs the quantized model; fp32/fp16 only the checkpoint.
+# int8 (the QAT graph) needs the quantized model; fp32/fp16/int8dyn only the checkpoint.
+comma        := ,
 ONNX_REQUEST := precisions=$(PRECISIONS) args=$(strip $(ONNX_ARGS))
 ONNX_STAMP   := $(BUILD_DIR)/onnx.request
 ONNX_ASKED   := $(filter command environment,$(firstword $(origin PRECISIONS)) $(firstword $(origin ONNX_ARGS)))
@@ -112,12 +113,12 @@ endif
 onnx-request-changed:
 
 $(ONNX_DIR)/build_report.json: $(CHECKPOINT)/model.safetensors $(ONNX_REASK) \
-                               $(if $(findstring int8,$(PRECISIONS)),$(QUANT_DIR)/quantize.json)
+                               $(if $(filter int8,$(subst $(comma), ,$(PRECISIONS))),$(QUANT_DIR)/quantize.json)
 	@echo "==> [onnx] export $(PRECISIONS) $(ONNX_ARGS), each verified against PyTorch on held-out texts"
 	$(PY) -m build onnx --checkpoint $(CHECKPOINT) --quantized $(QUANT_DIR) --precisions $(PRECISIONS) --out $(ONNX_DIR) $(ONNX_ARGS)
 	@printf '%s\n' '$(ONNX_REQUEST)' > $(ONNX_STAMP)
 
-onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ (PRECISIONS=fp32,fp16,int8 ONNX_ARGS=--padded), verified against PyTorch
+onnx: $(ONNX_DIR)/build_report.json ## ONNX fp32 / int8 QDQ / int8dyn (PRECISIONS=fp32,fp16,int8,int8dyn ONNX_ARGS=--padded), verified against PyTorch
 
 # No prerequisites: it runs in NVIDIA's TensorRT container (docker compose run --rm builder engines),
 # which has no torch to redo the ONNX stage; the timing cache beside $(PLAN_DIR) keeps rebuilds short.

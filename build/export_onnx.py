@@ -79,13 +79,15 @@ def export_onnx(model: nn.Module, out_path: str | Path, opset: int = OPSET, pack
 
 
 # ---- precision variants --------------------------------------------------------------------------
-PRECISIONS = ("fp32", "fp16", "int8")
+# int8dyn: ONNX Runtime's dynamic quantization of the fp32 graph (build/quantize_dynamic.py), the
+# CPU's alternative to the QAT graph; which is faster depends on the CPU's INT8 instructions.
+PRECISIONS = ("fp32", "fp16", "int8", "int8dyn")
 # int8 stays padded: packed tensors are 3-D, so their Linears export as integer MatMuls (a 2-D
 # packed Linear exports as a Gemm that ONNX Runtime leaves in float on dequantized weights), but a
 # packed int8 graph runs no faster than the padded one served in length-sorted chunks, and the
-# padded graph is the one TensorRT takes.
+# padded graph is the one TensorRT takes. int8dyn is quantized from a padded fp32 export for the
+# same reason (build/quantize_dynamic.py).
 PACKABLE = ("fp32", "fp16")
-
 
 def onnx_filename(precision: str) -> str:
     return f"model_{precision}.onnx"
@@ -110,11 +112,14 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path) -> Path:
 
 def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp32", "int8"),
                     quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
-                    opset: int = OPSET, log=print, packed: bool = True) -> dict[str, Path]:
+                    opset: int = OPSET, log=print, packed: bool = True,
+                    reduce_range: str = "auto") -> tuple[dict[str, Path], dict]:
     """Write model_<precision>.onnx for each precision into `out_dir` (no verification here).
 
     fp32 and fp16 come from the checkpoint (LoRA merged when an adapter is given); int8 from the
-    quantized model that `python -m build quantize` saved in `quantized_dir`.
+    quantized model that `python -m build quantize` saved in `quantized_dir`; int8dyn from a padded
+    fp32 export, quantized by ONNX Runtime (reduce_range: auto | on | off, see
+    build/quantize_dynamic.py). Returns the paths and what the int8dyn quantization used.
     """
     from build.artifacts import BuildError, load_model
 
@@ -125,13 +130,30 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
     if "int8" in precisions and quantized_dir is None:
         raise BuildError("int8 needs the quantized model: pass --quantized DIR (output of `python -m build quantize`)")
     paths: dict[str, Path] = {}
+    settings: dict = {}
+    model = None
     if "fp32" in precisions or "fp16" in precisions:
         t0 = time.time()
-        paths["fp32"] = export_onnx(load_model(checkpoint, adapter), out_dir / onnx_filename("fp32"), opset, packed)
+        model = load_model(checkpoint, adapter)
+        paths["fp32"] = export_onnx(model, out_dir / onnx_filename("fp32"), opset, packed)
         log(f"exported fp32 -> {paths['fp32']} [{time.time() - t0:.0f}s]")
     if "fp16" in precisions:
         paths["fp16"] = convert_fp16(paths["fp32"], out_dir / onnx_filename("fp16"))
         log(f"converted fp16 -> {paths['fp16']}")
+    if "int8dyn" in precisions:
+        from build.quantize_dynamic import quantize_dynamic_graph, resolve_reduce_range
+
+        t0 = time.time()
+        source = paths.get("fp32") if not packed else None
+        if source is None:   # the padded fp32 graph, exported for this alone
+            source = export_onnx(model or load_model(checkpoint, adapter), out_dir / ".int8dyn-source.onnx", opset,
+                                 packed=False)
+        paths["int8dyn"] = out_dir / onnx_filename("int8dyn")
+        settings = quantize_dynamic_graph(source, paths["int8dyn"], resolve_reduce_range(reduce_range))
+        if source != paths.get("fp32"):
+            source.unlink()
+        log(f"quantized int8 dynamically -> {paths['int8dyn']} (reduce_range {settings['reduce_range']}) "
+            f"[{time.time() - t0:.0f}s]")
     if "int8" in precisions:
         from build.quantize import load_quantized
 
@@ -139,14 +161,15 @@ def export_variants(checkpoint: str | Path, out_dir: str | Path, precisions=("fp
         paths["int8"] = export_onnx(load_quantized(quantized_dir), out_dir / onnx_filename("int8"), opset,
                                     packed=packed and "int8" in PACKABLE)
         log(f"exported int8 QDQ -> {paths['int8']} [{time.time() - t0:.0f}s]")
-    if "fp32" not in precisions:  # exported only as the source of fp16
+    if "fp32" not in precisions and "fp32" in paths:  # exported only as the source of fp16
         paths.pop("fp32").unlink()
-    return paths
+    return paths, settings
 
 
 def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("fp32", "int8"),
                quantized_dir: str | Path | None = None, adapter: str | Path | None = None,
-               max_length: int = DEFAULT_MAX_LENGTH, opset: int = OPSET, log=print, packed: bool = True) -> list:
+               max_length: int = DEFAULT_MAX_LENGTH, opset: int = OPSET, log=print, packed: bool = True,
+               reduce_range: str = "auto") -> list:
     """The `onnx` stage: export, verify every file against PyTorch fp32 on `test`, then swap `out_dir` in.
 
     `out_dir` gets model_<precision>.onnx, the checkpoint's config/label/tokenizer files,
@@ -158,6 +181,7 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
     import shutil
 
     from build.artifacts import copy_checkpoint_metadata
+    from contract.cpu import cpu_info, describe
     from build.verify import ParityError, raise_on_failure, verify_artifacts, write_report
 
     out_dir = Path(out_dir)
@@ -167,11 +191,15 @@ def build_onnx(checkpoint: str | Path, out_dir: str | Path, test, precisions=("f
     info = {"checkpoint": str(checkpoint), "adapter": str(adapter) if adapter else None,
             "quantized": str(quantized_dir) if quantized_dir else None, "opset": opset,
             "max_length": max_length, "held-out texts": len(test),
-            "packed": ", ".join(p for p in precisions if packed and p in PACKABLE) or "none"}
+            "packed": ", ".join(p for p in precisions if packed and p in PACKABLE) or "none",
+            "cpu": describe(cpu_info())}
     rejected = out_dir.with_name(out_dir.name + ".rejected")
     try:
         with atomic_dir(out_dir) as tmp:
-            paths = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log, packed)
+            paths, dynamic = export_variants(checkpoint, tmp, precisions, quantized_dir, adapter, opset, log, packed,
+                                             reduce_range)
+            if dynamic:
+                info["int8dyn"] = ", ".join(f"{k}: {v}" for k, v in dynamic.items())
             results = verify_artifacts(checkpoint, paths, test, max_length, adapter=adapter, log=log,
                                        reference_to=tmp)
             for r in results:
@@ -205,6 +233,9 @@ def add_arguments(p) -> None:
     p.add_argument("--padded", action="store_true",
                    help="export padded graphs (dense layers on every position) instead of packed ones: "
                         "the conservative input for TensorRT engines")
+    p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
+                   help="int8dyn: 7-bit weights (ONNX Runtime's advice for CPUs without VNNI or AMX); auto: "
+                        "on when the CPU running the build lacks both (default)")
     add_data_arguments(p)
 
 
@@ -217,6 +248,7 @@ def run(args) -> int:
     quantized = args.quantized or (args.checkpoint.parent / "quantized")
     test = examples_from_args(args, ["test"], args.test_texts)["test"]
     results = build_onnx(args.checkpoint, args.out, test, precisions, quantized if "int8" in precisions else None,
-                         args.adapter, args.max_length, args.opset, packed=not args.padded)
+                         args.adapter, args.max_length, args.opset, packed=not args.padded,
+                         reduce_range=args.reduce_range)
     print(f"wrote {args.out}: " + ", ".join(f"{r.precision} ok" for r in results) + f"; report {args.out / 'build_report.md'}")
     return 0

@@ -8,8 +8,10 @@ One repository serves one checkpoint. Its configs share a `ServingSpec` (labels,
 max length, ...). The models of a repository:
 
     tokenizer            Python backend: text -> input_ids, attention_mask, token_type_ids
-    <ensemble>_model     one per backend and precision: token ids (+ features) -> raw logits
-    postprocess          Python backend: raw logits -> logits (FP32), probabilities, label
+    <ensemble>_model     one per backend and precision: token ids (+ features) -> raw logits; a
+                         Python-backend (CPU) classifier returns logits, probabilities and label itself
+    postprocess          Python backend: raw logits -> logits (FP32), probabilities, label (the
+                         native GPU backends' ensembles end in it)
     <ensemble>           platform "ensemble": text (+ features) -> logits, probabilities, label
 
 Dynamic batching, instance groups and warmup go on every composing model and never on an
@@ -167,6 +169,10 @@ def tokenizer_config(spec: ServingSpec) -> mc.ModelConfig:
     return c
 
 
+def spec_thresholds(spec: ServingSpec) -> tuple[float, ...]:
+    return spec.thresholds or (0.5,) * spec.num_labels
+
+
 def postprocess_config(spec: ServingSpec, logits_type: int = mc.TYPE_FP32,
                        name: str = POSTPROCESS) -> mc.ModelConfig:
     """Raw logits (FP32 or FP16) -> logits (FP32), probabilities, label; shared by every ensemble."""
@@ -175,7 +181,7 @@ def postprocess_config(spec: ServingSpec, logits_type: int = mc.TYPE_FP32,
     add_output(c, LOGITS, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
     add_output(c, PROBABILITIES, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
     add_output(c, LABEL, mc.TYPE_STRING, [1])
-    set_parameters(c, PostprocessParams(spec.multi_label, spec.thresholds or (0.5,) * spec.num_labels))
+    set_parameters(c, PostprocessParams(spec.multi_label, spec_thresholds(spec)))
     set_batching(c, spec)
     add_instances(c, CPU)
     add_warmup(c, LOGITS, spec.warmup_batch, {RAW_LOGITS: (logits_type, [spec.num_labels], "zero")})
@@ -184,8 +190,14 @@ def postprocess_config(spec: ServingSpec, logits_type: int = mc.TYPE_FP32,
 
 def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: int = mc.TYPE_FP32,
                       threads: int = 0, precision: str = "fp32",
-                      chunk_rows: int = DEFAULT_CHUNK_ROWS) -> mc.ModelConfig:
-    """A composing model: token ids (+ features) -> `logits` (B, num_labels), on `runtime`."""
+                      chunk_rows: int = DEFAULT_CHUNK_ROWS, postprocess: bool = False) -> mc.ModelConfig:
+    """A composing model: token ids (+ features) -> `logits` (B, num_labels), on `runtime`.
+
+    postprocess (Python backends only): the model also returns `probabilities` and `label`, through
+    the same contract.postprocess the shared postprocess model runs, so its ensemble has one
+    Python stub hop fewer per request (ensemble_config with postprocess_name=None)."""
+    if postprocess and RUNTIMES[runtime].backend != "python":
+        raise ServingSpecError(f"{name}: only Python-backend classifiers post-process themselves ({runtime} cannot)")
     rt = RUNTIMES[runtime]
     c = new_config(name, spec, backend=rt.backend, platform=rt.platform)
     if rt.platform:
@@ -201,11 +213,16 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         # batch, so they keep the same-shape rule.
         i.allow_ragged_batch = rt.backend == "python" and tensor[0] in TEXT_INPUTS
     add_output(c, LOGITS, logits_type, [spec.num_labels], LABEL_FILE)
+    if postprocess:
+        add_output(c, PROBABILITIES, mc.TYPE_FP32, [spec.num_labels], LABEL_FILE)
+        add_output(c, LABEL, mc.TYPE_STRING, [1])
     if rt.backend == "python":
         # threads 0 = every core; sort_chunk_rows: contract.batching.run_sorted_chunks (less padding);
         # allow_spinning off: idle ONNX Runtime threads sleep, the cores are shared
         set_parameters(c, ClassifierParams(model_file=rt.model_file, threads=threads, pad_token_id=spec.pad_token_id,
-                                           precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False))
+                                           precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False,
+                                           postprocess=postprocess, multi_label=spec.multi_label and postprocess,
+                                           thresholds=spec_thresholds(spec) if postprocess else ()))
     if rt.platform == "pytorch_libtorch":
         c.parameters["INFERENCE_MODE"].string_value = "true"   # the libtorch backend's own parameter
     set_batching(c, spec)
@@ -217,8 +234,9 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
 
 
 def ensemble_config(spec: ServingSpec, name: str, model_name: str,
-                    postprocess_name: str = POSTPROCESS) -> mc.ModelConfig:
-    """text (+ features) -> tokenizer -> model -> postprocess -> logits, probabilities, label."""
+                    postprocess_name: str | None = POSTPROCESS) -> mc.ModelConfig:
+    """text (+ features) -> tokenizer -> model -> postprocess -> logits, probabilities, label;
+    postprocess_name None: the model returns all three itself (classifier_config(postprocess=True))."""
     c = new_config(name, spec, platform="ensemble")
     add_input(c, TEXT, mc.TYPE_STRING, [1])
     if spec.num_features:
@@ -236,6 +254,9 @@ def ensemble_config(spec: ServingSpec, name: str, model_name: str,
     model_inputs = {n: n for n in TEXT_INPUTS}
     if spec.num_features:
         model_inputs[FEATURES] = FEATURES
+    if postprocess_name is None:
+        step(model_name, model_inputs, {n: n for n in (LOGITS, PROBABILITIES, LABEL)})
+        return c
     step(model_name, model_inputs, {LOGITS: RAW_LOGITS})
     step(postprocess_name, {RAW_LOGITS: RAW_LOGITS}, {n: n for n in (LOGITS, PROBABILITIES, LABEL)})
     return c

@@ -6,14 +6,21 @@
 Targets (ensemble `bert_<backend>_<precision>` -> composing model `<ensemble>_model`):
   cpu  bert_pytorch_fp32  Python backend running our PyTorch model (checkpoint + training/ snapshot)
        bert_onnx_fp32     Python backend running ONNX Runtime on model_fp32.onnx
-       bert_onnx_int8     Python backend running ONNX Runtime on model_int8.onnx (QDQ)
+       bert_onnx_int8     Python backend running ONNX Runtime on model_int8.onnx (QDQ, from QAT)
+       bert_onnx_int8dyn  Python backend running ONNX Runtime on model_int8dyn.onnx (quantized
+                         dynamically: which INT8 graph is faster depends on the CPU's VNNI/AMX)
   gpu  bert_pytorch_fp32  pytorch_libtorch, TorchScript (build/export_torchscript.py: traced in
                          the server's container when available, else here)
        bert_pytorch_fp16  pytorch_libtorch, the same traced in half precision
        bert_onnx_fp16     onnxruntime_onnx on model_fp16.onnx
        bert_trt_fp16/int8 tensorrt_plan on model_fp16.plan / model_int8.plan
-plus the shared `tokenizer` and `postprocess` Python models. A model whose artifact does not
-exist is skipped and listed (never faked); the build fails only when nothing can be served.
+plus the shared `tokenizer` Python model, and on gpu the shared `postprocess` Python model every
+ensemble ends in. The cpu classifiers are Python models themselves and post-process their own
+logits (contract/postprocess.py, the same code): each request then crosses one Python stub hop
+fewer, which is most of what serving one text costs on a CPU. --postprocess-model gives the cpu
+ensembles the GPU's shape instead (tokenizer -> classifier -> postprocess), to measure that
+difference. A model whose artifact does not exist is skipped and listed (never faked); the build
+fails only when nothing can be served.
 
 Versions: every model of one build gets the same version folder, one above the highest version
 in the repository being replaced, with `version_policy: latest 1`. A server polling the
@@ -67,6 +74,7 @@ ENTRIES = {
         Entry("bert_pytorch_fp32", "python_pytorch", "fp32", "checkpoint"),
         Entry("bert_onnx_fp32", "python_onnxruntime", "fp32", "model_fp32.onnx"),
         Entry("bert_onnx_int8", "python_onnxruntime", "int8", "model_int8.onnx"),
+        Entry("bert_onnx_int8dyn", "python_onnxruntime", "int8", "model_int8dyn.onnx"),
     ),
     "gpu": (
         Entry("bert_pytorch_fp32", "pytorch_libtorch", "fp32", "torchscript"),
@@ -100,7 +108,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
                      onnx_dir: str | Path | None = None, plan_dir: str | Path | None = None,
                      max_length: int | None = None, max_batch_size: int = 64, queue_delay_us: int = 100,
                      threads: int = 0, version: int | None = None, log=print,
-                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS) -> BuildResult:
+                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS, postprocess_model: bool = False) -> BuildResult:
     if target not in TARGETS:
         raise RepositoryError(f"--target {target!r}: expected one of {TARGETS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -124,7 +132,8 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        result = _assemble(tmp, target, checkpoint, spec, onnx_dir, plan_dir, threads, version, log, chunk_rows)
+        result = _assemble(tmp, target, checkpoint, spec, onnx_dir, plan_dir, threads, version, log, chunk_rows,
+                           postprocess_model)
         if (out / "README.md").is_file():      # the tracked README lives inside model_repository/
             shutil.copy2(out / "README.md", tmp / "README.md")
         swap_in(tmp, out)
@@ -137,7 +146,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
 
 
 def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx_dir, plan_dir,
-              threads: int, version: int, log, chunk_rows: int) -> BuildResult:
+              threads: int, version: int, log, chunk_rows: int, postprocess_model: bool) -> BuildResult:
     warmup = warmup_tensors(checkpoint / TOKENIZER_FILE, spec,
                             BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
     models, ensembles, skipped, artifacts = [], [], {}, {}
@@ -176,7 +185,9 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
                 skipped[e.ensemble] = plan_profile_problem(source, spec)
                 continue
 
-        config = mcfg.classifier_config(spec, e.model, e.runtime, logits_type, threads, e.precision, chunk_rows)
+        folded = rt.backend == "python" and not postprocess_model   # post-processes its own logits
+        config = mcfg.classifier_config(spec, e.model, e.runtime, logits_type, threads, e.precision, chunk_rows,
+                                        postprocess=folded)
         staging = root / ".staging" / e.model   # artifact first: a skip must leave no model folder
         staging.mkdir(parents=True)
         try:
@@ -210,8 +221,10 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
         version_dir = write_model_dir(root, config, version, spec, warmup)
         version_dir.rmdir()
         staging.rename(version_dir)
-        post = mcfg.POSTPROCESS if logits_type == mc.TYPE_FP32 else f"{mcfg.POSTPROCESS}_fp16"
-        postprocess_types.add((post, logits_type))
+        post = None
+        if not folded:
+            post = mcfg.POSTPROCESS if logits_type == mc.TYPE_FP32 else f"{mcfg.POSTPROCESS}_fp16"
+            postprocess_types.add((post, logits_type))
         write_model_dir(root, mcfg.ensemble_config(spec, e.ensemble, e.model, post), version, spec, warmup)
         models.append(e.model)
         ensembles.append(e.ensemble)
@@ -257,6 +270,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
     p.add_argument("--version", type=int, help="version folder number (default: previous + 1)")
+    p.add_argument("--postprocess-model", action="store_true",
+                   help="cpu: end every ensemble in the shared postprocess model (the GPU's shape, one Python "
+                        "stub hop more per request) instead of the classifiers post-processing themselves")
     p.add_argument("--sort-chunk-rows", type=int, default=mcfg.DEFAULT_CHUNK_ROWS,
                    help="CPU Python models run each batch as length-sorted chunks of this many rows, "
                         f"each trimmed to its longest text (0 = whole batch; default {mcfg.DEFAULT_CHUNK_ROWS})")
@@ -266,7 +282,8 @@ def run(args: argparse.Namespace) -> int:
     """`python -m build repository ...` (build/__main__.py calls add_arguments and run)."""
     build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
                      args.max_length, args.max_batch_size, args.queue_delay_us,
-                     args.threads, args.version, chunk_rows=args.sort_chunk_rows)
+                     args.threads, args.version, chunk_rows=args.sort_chunk_rows,
+                     postprocess_model=args.postprocess_model)
     return 0
 
 

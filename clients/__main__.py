@@ -5,6 +5,7 @@
     perf        NVIDIA perf_analyzer over a concurrency range -> reports/perf/<model>.csv
     load        bounded headless locust run on the HTTP endpoint -> reports/load/
     capacity    replicas for a request rate and p99, from reports/benchmark.json
+    request-cost  one text at a time through one ensemble on one or more servers, side by side
 
 The clients need no torch and none of the training/ or build/ modules: requirements-client.txt installs
 what they need.
@@ -19,6 +20,8 @@ COMMANDS = {
     "perf": Command("perf_analyzer over a concurrency range", "clients.perf", run="main"),
     "load": Command("headless locust run against the HTTP endpoint", "clients.load", run="main"),
     "capacity": Command("replicas needed for a request rate and p99 (Kubernetes)", "clients.capacity", run="main"),
+    "request-cost": Command("one text at a time through one ensemble on several servers, with Triton's breakdown",
+                            "clients.request_cost", run="main"),
 }
 
 

@@ -4,7 +4,10 @@ Everything is read from the model repository on disk, so the baseline runs exact
 runs: the tokenizer's tokenizer.json and parameters (contract.encoder: same ids, same padding), the
 ONNX file and the classifier's session settings, threads and length-sorted chunks
 (contract.onnx_session, contract.batching), and the post-process's labels and thresholds
-(contract.postprocess). The ratio of the ensemble's samples/s to this one's is what serving costs.
+(contract.postprocess: the classifier's own on cpu, the shared postprocess model's in the GPU's
+shape). The ratio of the ensemble's samples/s to this one's is what serving costs. Every ONNX
+ensemble has one (find_in_repository(repo, ensemble)): the benchmark's cost of one request
+compares each with its own.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from contract.encoder import TextEncoder
 from contract.names import (LABEL_FILE, LOGITS, POSTPROCESS_MODEL, TOKENIZER_FILE, TOKENIZER_MODEL,
                             composing_model)
 from contract.params import ClassifierParams, PostprocessParams, TokenizerParams
-from contract.postprocess import Postprocess
+from contract.postprocess import Postprocess, read_labels
 
 BASELINE_ENSEMBLE = "bert_onnx_fp32"
 
@@ -51,18 +54,22 @@ def find_in_repository(repo: str | Path, ensemble: str = BASELINE_ENSEMBLE) -> S
     repo, found = Path(repo), ServedFiles()
     model_dir = repo / composing_model(ensemble)
     version = latest_version(model_dir)
-    if version is not None:
+    # a Python-backend ONNX Runtime classifier: native backends (GPU) have no in-process twin here
+    if version is not None and pbtxt.read(model_dir).backend == "python":
         found.classifier = _params(model_dir, ClassifierParams)
-        if (version / found.classifier.model_file).is_file():
+        if (version / found.classifier.model_file).is_file() and found.classifier.model_file.endswith(".onnx"):
             found.onnx = version / found.classifier.model_file
     version = latest_version(repo / TOKENIZER_MODEL)
     if version is not None and (version / TOKENIZER_FILE).is_file():
         found.tokenizer_json = version / TOKENIZER_FILE
         found.tokenizer = _params(repo / TOKENIZER_MODEL, TokenizerParams)
-    if (repo / POSTPROCESS_MODEL / pbtxt.CONFIG_FILE).is_file():
-        found.postprocess = _params(repo / POSTPROCESS_MODEL, PostprocessParams)
-        labels = repo / POSTPROCESS_MODEL / LABEL_FILE
-        found.labels = [n.strip() for n in labels.read_text().splitlines() if n.strip()] if labels.is_file() else None
+    # the post-process: the classifier's own (cpu), else the shared postprocess model's (gpu shape)
+    post_dir = model_dir if found.classifier.postprocess else repo / POSTPROCESS_MODEL
+    if (post_dir / pbtxt.CONFIG_FILE).is_file():
+        found.postprocess = (PostprocessParams(found.classifier.multi_label, found.classifier.thresholds)
+                             if found.classifier.postprocess else _params(post_dir, PostprocessParams))
+        labels = post_dir / LABEL_FILE
+        found.labels = read_labels(labels) if labels.is_file() else None
     for model_dir in sorted(repo.glob(composing_model("*"))):
         version = latest_version(model_dir)
         if version is not None and (version / "checkpoint" / "config.json").is_file():

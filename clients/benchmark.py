@@ -11,11 +11,16 @@ test split the training run saved):
   - accuracy on the texts, recovery vs bert_pytorch_fp32's accuracy, speedup vs its samples/s;
   - FLOP utilisation: samples/s x FLOPs/sample / this CPU's GEMM rate, with FLOPs counted on real
     (unpadded) tokens only: 2 x (non-embedding encoder dense parameters) x tokens, from the
-    checkpoint's config.json (contract.bert_config); the GEMM rate is ONNX Runtime on a 2048x2048
-    fp32 MatMul (clients/machine.py), measured before each round, and each round's samples/s is
-    read against its own rate;
+    checkpoint's config.json (contract.bert_config); fp32 backends against ONNX Runtime's fp32
+    MatMul rate, INT8 backends against its INT8 MatMulInteger rate (2048^3 each, clients/machine.py),
+    both measured before each round, and each round's samples/s read against its own rates;
+  - INT8 by instruction set: the CPU's instruction sets (contract/cpu.py), both INT8 graphs (QDQ
+    from QAT, dynamically quantized) side by side against the INT8 rate;
   - an in-process baseline: the served tokenizer, ONNX file, session settings, chunks and
     post-process, run without Triton (clients/baseline.py): what serving costs;
+  - the cost of one request: single texts at concurrency 1 through each ensemble, interleaved with
+    the same texts in-process, their p50/p99 and difference, and where the server spends it
+    (Triton's per-model statistics; clients/request_cost.py);
   - a concurrency sweep: single-text requests at concurrency 1..16 against one ensemble, showing
     what the dynamic batcher does (its samples/s against the batch-32 figure).
 The texts are split into rounds; each round runs every backend on the same texts, one after the
@@ -38,6 +43,7 @@ from clients.baseline import BASELINE_ENSEMBLE, InProcessOnnx, find_in_repositor
 from clients.benchmark_report import render_markdown, write_reports
 from clients.client import PROTOCOLS, Classifier, ClientError, discover_ensembles
 from clients.machine import GemmRate, cpu_info, gpu_names, has_vnni
+from clients.request_cost import Target, backend_cost
 from clients.rounds import accuracy, concurrency_sweep, percentiles_ms, round_ratio, run_rounds
 from clients.texts import add_text_arguments, texts_from_args
 from contract.bert_config import BertConfig
@@ -47,16 +53,25 @@ from contract.names import TOKENIZER_MODEL
 REFERENCE = "bert_pytorch_fp32"
 FRAMEWORKS = {"pytorch": "PyTorch", "onnx": "ONNX Runtime", "trt": "TensorRT"}
 IN_PROCESS = "in-process onnx fp32"
-TARGETS = {"flop_utilisation": 0.60, "ensemble_vs_in_process": 0.90, "concurrency_vs_batch": 0.90,
-           "int8_recovery": 0.995}
+# each target: the value that meets it, and whether higher or lower is better
+TARGETS = {"flop_utilisation": 0.60, "int8_flop_utilisation": 0.60, "ensemble_vs_in_process": 0.90,
+           "concurrency_vs_batch": 0.90, "int8_recovery": 0.995, "request_cost_ms": 2.0}
+LOWER_IS_BETTER = ("request_cost_ms",)
+# the ensemble name's precision part -> (precision, graph): both INT8 graphs are INT8
+GRAPHS = {"int8": ("INT8", "QDQ from QAT"), "int8dyn": ("INT8", "dynamic (MatMulInteger)")}
 
 
 def describe(name: str) -> tuple[str, str]:
-    """bert_onnx_int8 -> ("ONNX Runtime", "INT8")."""
+    """bert_onnx_int8 -> ("ONNX Runtime", "INT8"); bert_onnx_int8dyn -> ("ONNX Runtime", "INT8")."""
     m = re.fullmatch(r"bert_([a-z0-9]+)_([a-z0-9]+)", name)
     if not m:
         return name, "?"
-    return FRAMEWORKS.get(m.group(1), m.group(1)), m.group(2).upper()
+    return FRAMEWORKS.get(m.group(1), m.group(1)), GRAPHS.get(m.group(2), (m.group(2).upper(),))[0]
+
+
+def graph_of(name: str) -> str:
+    """bert_onnx_int8dyn -> "dynamic (MatMulInteger)"; "" where there is one graph per precision."""
+    return GRAPHS.get(name.rpartition("_")[2], ("", ""))[1]
 
 
 def runs_on(clf: Classifier, ensemble: str) -> str:
@@ -134,12 +149,11 @@ def benchmark(args, log=print) -> dict:
     per_round = [batches[r::rounds] for r in range(rounds)]
     log(f"benchmark: {len(texts)} texts from {held.source}, batch {args.batch_size}, {rounds} rounds, "
         f"backends: {', '.join(backends)}")
-    gemm = GemmRate(reps=args.matmul_reps, threads=found.classifier.threads)
-    results, round_rates = run_rounds(backends, per_round, texts, log, rate=gemm.measure)
-    load_after = os.getloadavg()[0]
-    matmul = dict(round_rates[0], gflops=statistics.median(r["gflops"] for r in round_rates),
-                  best_gflops=max(r["best_gflops"] for r in round_rates),
-                  rounds_gflops=[r["gflops"] for r in round_rates])
+    gemms = {dtype: GemmRate(reps=args.matmul_reps, threads=found.classifier.threads, dtype=dtype)
+             for dtype in ("fp32", "int8")}
+    results, round_rates = run_rounds(backends, per_round, texts, log,
+                                      rate=lambda: {d: g.measure() for d, g in gemms.items()})
+    matmul = {d: gemm_summary([r[d] for r in round_rates]) for d in gemms}
 
     flops = flop_count(args, found, texts, notes)
 
@@ -151,15 +165,17 @@ def benchmark(args, log=print) -> dict:
             f", length-sorted chunks of {baseline.chunk_rows}" if baseline.chunk_rows else ""), "FP32")
             if in_proc else describe(name))
         where = "CPU" if in_proc else runs_on(clf, name)
-        sps = statistics.median(res["sps"])
+        rate = matmul["int8" if precision == "INT8" else "fp32"]
         rows.append({
             "model": "-" if in_proc else name, "framework": framework, "precision": precision,
-            "samples_per_s": sps, "rounds_samples_per_s": res["sps"], "requests": len(res["latency"]),
-            **percentiles_ms(res["latency"]),
+            "graph": "" if in_proc else graph_of(name),
+            "samples_per_s": statistics.median(res["sps"]), "rounds_samples_per_s": res["sps"],
+            "requests": len(res["latency"]), **percentiles_ms(res["latency"]),
             "accuracy": accuracy(res["labels"], truth, held.label_names or [], held.multi_label),
-            # each round against the GEMM rate measured just before it, then the median
+            # each round against the GEMM rate of its precision measured just before it, then the median
             "flop_utilisation": None if flops is None or where != "CPU" else statistics.median(
-                x * flops["per_sample"] / (g * 1e9) for x, g in zip(res["sps"], matmul["rounds_gflops"])),
+                x * flops["per_sample"] / (g * 1e9) for x, g in zip(res["sps"], rate["rounds_gflops"])),
+            "gemm_rate": rate["dtype"],
             "hardware": cpu_short if where == "CPU" else ", ".join(hw["gpus"]) or "GPU", "runs_on": where})
     ref = next((r for r in rows if r["model"] == REFERENCE), None)
     if ref is None:
@@ -168,6 +184,15 @@ def benchmark(args, log=print) -> dict:
         r["speedup"] = round_ratio(r, ref) if ref else None
         r["recovery"] = (r["accuracy"] / ref["accuracy"] if ref and ref["accuracy"] and r["accuracy"] is not None
                          else None)
+
+    # the cost of one request, backend by backend, each against its in-process twin
+    request_cost = None
+    if args.request_cost_texts > 0:
+        n = min(args.request_cost_texts, len(texts))
+        log(f"the cost of one request: {n} single texts per backend, interleaved with the same in-process")
+        request_cost = {"texts": n, "rows": [
+            backend_cost(Target(m, clients[m].infer, clients[m], m), in_process_twin(args, m, clients[m]),
+                         texts[:n], log) for m in models]}
 
     # the concurrency sweep against one ensemble
     sweep = None
@@ -181,39 +206,18 @@ def benchmark(args, log=print) -> dict:
         lv, batch_rounds = concurrency_sweep(make, texts[:n], levels, rounds, log, batch_size=args.batch_size)
         sweep = {"model": target, "texts_per_level": n, "levels": lv,
                  "batch_samples_per_s": statistics.median(batch_rounds), "batch_rounds": batch_rounds}
+    load_after = os.getloadavg()[0]
 
-    by_model = {r["model"]: r for r in rows}
-    triton_rows = [r for r in rows if r["model"] != "-" and r["flop_utilisation"] is not None]
-    best = max(triton_rows, key=lambda r: r["flop_utilisation"]) if triton_rows else None
-    onnx = by_model.get(BASELINE_ENSEMBLE)
-    base = by_model.get("-")
-    top = max(sweep["levels"], key=lambda x: x["concurrency"]) if sweep else None
-    int8 = [r for r in rows if r["precision"] == "INT8" and r["recovery"] is not None]
-    targets = {
-        "flop_utilisation": {"what": "FLOP utilisation (real tokens) of the best backend through Triton"
-                             + (f" ({best['model']})" if best else ""),
-                             "value": best["flop_utilisation"] if best else None},
-        "ensemble_vs_in_process": {"what": "bert_onnx_fp32 through Triton vs the same tokenizer + ONNX Runtime "
-                                           "in-process (samples/s)",
-                                   "value": round_ratio(onnx, base) if onnx and base else None},
-        "concurrency_vs_batch": {"what": f"single-text requests at concurrency {top['concurrency'] if top else 16} vs "
-                                         f"batch {args.batch_size} ({sweep['model'] if sweep else '-'}, samples/s)",
-                                 "value": top["vs_batch"] if top else None},
-        "int8_recovery": {"what": "INT8 accuracy recovery vs PyTorch FP32"
-                          + (f" ({int8[0]['model']})" if int8 else ""),
-                          "value": min(r["recovery"] for r in int8) if int8 else None},
-    }
-    for k, t in targets.items():
-        t["target"] = TARGETS[k]
-        t["met"] = None if t["value"] is None else t["value"] >= t["target"]
+    targets = judge_targets(rows, sweep, request_cost, args.batch_size)
     if not has_vnni(hw["isa"]):
-        if int8:
+        if any(r["precision"] == "INT8" for r in rows):
             notes.append("this CPU has no VNNI (int8 dot-product) instructions: INT8 gains little or no speed "
                          "here; on a GPU, TensorRT INT8 runs ahead of FP16 (NVIDIA's BERT-base INT8 engines ~1.9x "
                          "FP16 at batch 128 on an A100)")
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": args.command_line,
             "url": clf.url, "protocol": args.protocol, "texts": len(texts), "text_source": held.source,
-            "batch_size": args.batch_size, "rounds": rounds, "hardware": hw, "matmul": matmul, "flops": flops,
+            "batch_size": args.batch_size, "rounds": rounds, "hardware": hw, "matmul": matmul["fp32"],
+            "matmul_int8": matmul["int8"], "flops": flops,
             "load_average": [round(load_before, 2), round(load_after, 2)],
             "in_process": None if baseline is None else {
                 "onnx": str(baseline.onnx_path), "max_length": baseline.max_length,
@@ -222,7 +226,64 @@ def benchmark(args, log=print) -> dict:
                 + ("" if not baseline.chunk_rows else f", run as length-sorted chunks of {baseline.chunk_rows} "
                    "rows, each trimmed to its longest")},
             "notes": notes}
-    return {"meta": meta, "rows": rows, "sweep": sweep, "targets": targets}
+    return {"meta": meta, "rows": rows, "sweep": sweep, "targets": targets, "request_cost": request_cost}
+
+
+def gemm_summary(per_round: list[dict]) -> dict:
+    """One GEMM rate's record: the first round's settings, the median over rounds, every round's."""
+    return dict(per_round[0], gflops=statistics.median(r["gflops"] for r in per_round),
+                best_gflops=max(r["best_gflops"] for r in per_round), rounds_gflops=[r["gflops"] for r in per_round])
+
+
+def in_process_twin(args, ensemble: str, client: Classifier) -> Target | None:
+    """The in-process twin of a served ONNX ensemble (its own ONNX file, session settings and
+    post-process, from the repository on disk), None for the others or with --no-in-process."""
+    if not args.in_process:
+        return None
+    found = find_in_repository(args.repository, ensemble)
+    if found.onnx is None or found.tokenizer_json is None:
+        return None
+    return Target(f"{ensemble} in-process", InProcessOnnx(found, client.labels).infer)
+
+
+def judge_targets(rows: list[dict], sweep: dict | None, request_cost: dict | None, batch_size: int) -> dict:
+    """Each of TARGETS: what was measured against it, its value, and whether it is met."""
+    by_model = {r["model"]: r for r in rows}
+    triton_rows = [r for r in rows if r["model"] != "-" and r["flop_utilisation"] is not None]
+    best = max(triton_rows, key=lambda r: r["flop_utilisation"]) if triton_rows else None
+    int8_rows = [r for r in triton_rows if r["precision"] == "INT8"]
+    best_int8 = max(int8_rows, key=lambda r: r["flop_utilisation"]) if int8_rows else None
+    onnx, base = by_model.get(BASELINE_ENSEMBLE), by_model.get("-")
+    top = max(sweep["levels"], key=lambda x: x["concurrency"]) if sweep else None
+    int8 = [r for r in rows if r["precision"] == "INT8" and r["recovery"] is not None]
+    costs = [c for c in (request_cost or {}).get("rows", []) if c["server_cost_p50_ms"] is not None]
+    cost = next((c for c in costs if c["model"] == BASELINE_ENSEMBLE), costs[0] if costs else None)
+    targets = {
+        "flop_utilisation": {"what": "FLOP utilisation (real tokens) of the best backend through Triton, against "
+                             "the GEMM rate of its precision" + (f" ({best['model']})" if best else ""),
+                             "value": best["flop_utilisation"] if best else None},
+        "int8_flop_utilisation": {"what": "FLOP utilisation (real tokens) of the best INT8 backend through Triton, "
+                                  "against the INT8 GEMM rate" + (f" ({best_int8['model']})" if best_int8 else ""),
+                                  "value": best_int8["flop_utilisation"] if best_int8 else None},
+        "ensemble_vs_in_process": {"what": "bert_onnx_fp32 through Triton vs the same tokenizer + ONNX Runtime "
+                                           "in-process (samples/s)",
+                                   "value": round_ratio(onnx, base) if onnx and base else None},
+        "concurrency_vs_batch": {"what": f"single-text requests at concurrency {top['concurrency'] if top else 16} vs "
+                                         f"batch {batch_size} ({sweep['model'] if sweep else '-'}, samples/s)",
+                                 "value": top["vs_batch"] if top else None},
+        "int8_recovery": {"what": "INT8 accuracy recovery vs PyTorch FP32"
+                          + (f" ({min(int8, key=lambda r: r['recovery'])['model']})" if int8 else ""),
+                          "value": min(r["recovery"] for r in int8) if int8 else None},
+        "request_cost_ms": {"what": "the server's cost of one text at p50: through the ensemble minus in-process, "
+                            "concurrency 1" + (f" ({cost['model']})" if cost else ""),
+                            "value": cost["server_cost_p50_ms"] if cost else None, "unit": "ms"},
+    }
+    for k, t in targets.items():
+        t["target"] = TARGETS[k]
+        t["better"] = "lower" if k in LOWER_IS_BETTER else "higher"
+        t["met"] = None if t["value"] is None else (
+            t["value"] <= t["target"] if k in LOWER_IS_BETTER else t["value"] >= t["target"])
+    return targets
 
 
 def add_arguments(p):
@@ -247,7 +308,11 @@ def add_arguments(p):
                    "in-process baseline's ONNX file and tokenizer)")
     p.add_argument("--checkpoint", help="checkpoint folder whose config.json gives the FLOP count "
                    "(default: the repository's copy, else <run>/checkpoint)")
-    p.add_argument("--matmul-reps", type=int, default=10, help="timed 2048x2048 GEMMs per round (median)")
+    p.add_argument("--matmul-reps", type=int, default=10, help="timed 2048x2048 GEMMs per round and precision "
+                   "(fp32 and INT8; median)")
+    p.add_argument("--request-cost-texts", type=int, default=200, metavar="N",
+                   help="the cost of one request: N single texts per backend at concurrency 1, each also in-process "
+                        "(0: skip; default 200)")
     p.add_argument("--retries", type=int, default=4)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--admin-key", help="key for the repository index (default $TRITON_ADMIN_KEY or .triton/admin_key)")

@@ -20,16 +20,24 @@ def _pct(x, spec=".1f"):
     return _fmt(None if x is None else 100 * x, spec, "%")
 
 
+def _rate(rate: dict | None) -> str:
+    if not rate:
+        return "n/a"
+    per_round = f" (per round: {', '.join(f'{g:.0f}' for g in rate['rounds_gflops'])})" if rate.get("rounds_gflops") else ""
+    return f"{_fmt(rate.get('gflops'), '.0f')} {rate.get('unit', 'GFLOP/s')}{per_round}"
+
+
 def hardware_line(doc: dict) -> str:
-    """CPU, cores and instruction sets, GPUs, the GEMM rate and the machine's load."""
+    """CPU, cores and instruction sets, GPUs, the GEMM rates and the machine's load."""
     m = doc["meta"]
-    hw, rate = m["hardware"], m["matmul"]
+    hw = m["hardware"]
     busy = max(m["load_average"]) > hw["logical_cores"] + 2
-    return (f"Hardware: {hw['cpu']}, {hw['logical_cores']} cores ({', '.join(hw['isa']) or 'no AVX2'})"
+    sets = " ".join(hw.get("instruction_sets") or []) or ", ".join(hw["isa"]) or "no AVX2"
+    return (f"Hardware: {hw['cpu']}, {hw['logical_cores']} cores ({sets}"
+            + (f"; INT8 GEMM on {hw['int8_kernel']}" if hw.get("int8_kernel") else "") + ")"
             + (f"; GPU: {', '.join(hw['gpus'])}" if hw["gpus"] else "")
-            + f". GEMM rate: {_fmt(rate.get('gflops'), '.1f')} GFLOP/s"
-            + (f" (per round: {', '.join(f'{g:.1f}' for g in rate['rounds_gflops'])})" if rate.get("rounds_gflops")
-               else "")
+            + f". GEMM rates: fp32 {_rate(m['matmul'])}"
+            + (f", INT8 {_rate(m['matmul_int8'])}" if m.get("matmul_int8") else "")
             + f". Load average (1 min) before/after: {m['load_average'][0]:.2f}/{m['load_average'][1]:.2f}"
             + (" - the machine was busy with other work: expect low, noisy figures." if busy else "."))
 
@@ -57,14 +65,16 @@ def section_table(doc: dict) -> list[str]:
 def section_targets(doc: dict) -> list[str]:
     lines = ["## Against the targets", ""]
     for t in doc["targets"].values():
-        value = t["value"]
-        verdict = "" if value is None else (" (met)" if value >= t["target"] else " (NOT met)")
-        lines.append(f"- {t['what']}: **{_pct(value)}** (target >= {100 * t['target']:.1f}%){verdict}")
+        value, lower = t["value"], t.get("better") == "lower"
+        verdict = "" if value is None else (" (met)" if t.get("met", value >= t["target"]) else " (NOT met)")
+        shown = (_fmt(value, ".2f", " ms"), f"<= {t['target']:g} ms") if t.get("unit") == "ms" else \
+            (_pct(value), f"{'<=' if lower else '>='} {100 * t['target']:.1f}%")
+        lines.append(f"- {t['what']}: **{shown[0]}** (target {shown[1]}){verdict}")
     return lines + [""]
 
 
 def section_flops(doc: dict) -> list[str]:
-    f, rate = doc["meta"].get("flops"), doc["meta"]["matmul"]
+    f, rate, rate8 = doc["meta"].get("flops"), doc["meta"]["matmul"], doc["meta"].get("matmul_int8")
     if not f:
         return []
     return ["## How the FLOPs were counted", "",
@@ -72,11 +82,85 @@ def section_flops(doc: dict) -> list[str]:
             f"{f['mean_tokens']:.1f} tokens = {f['per_sample'] / 1e9:.3f} GFLOP (L={f['layers']}, "
             f"C={f['hidden']}, I={f['intermediate']}; the encoder's dense layers only, attention scores "
             f"and embeddings excluded; tokens counted after truncation at {f['max_length']}, [CLS]/[SEP] "
-            f"included, padding excluded). The GEMM rate is {rate.get('source', 'a')} on "
-            f"{rate['n']}x{rate['n']} {rate.get('dtype', 'fp32')} matrices, median of {rate['reps']} runs on "
-            f"{rate['threads']} threads, measured just before each round. FLOP utilisation = samples/s x "
-            "FLOPs/sample / GEMM rate, per round (each against its own rate: a shared machine's speed "
-            "drifts over minutes), median over rounds.", ""]
+            f"included, padding excluded). The GEMM rates are {rate.get('source', 'a')} on "
+            f"{rate['n']}x{rate['n']} {rate.get('dtype', 'fp32')} matrices"
+            + (f" and {rate8['source']} on {rate8['n']}x{rate8['n']} uint8 x int8 matrices" if rate8 else "")
+            + f", median of {rate['reps']} runs on {rate['threads']} threads, measured just before each round. "
+            "FLOP utilisation = samples/s x FLOPs/sample / the GEMM rate of the backend's precision (INT8 "
+            "backends against the INT8 rate, every other CPU backend against the fp32 rate), per round "
+            "(each against its own rates: a shared machine's speed drifts over minutes), median over rounds.", ""]
+
+
+def section_int8(doc: dict) -> list[str]:
+    """Both INT8 graphs side by side on this CPU, against the INT8 GEMM rate."""
+    m = doc["meta"]
+    int8 = [r for r in doc["rows"] if r["precision"] == "INT8" and r["runs_on"] == "CPU"]
+    rate8 = m.get("matmul_int8")
+    if not int8 or not rate8:
+        return []
+    hw = m["hardware"]
+    fp32 = next((r for r in doc["rows"] if r["model"] == "bert_onnx_fp32"), None)
+    ratio = rate8["gflops"] / m["matmul"]["gflops"] if m["matmul"].get("gflops") else None
+    rows = [[r["model"], r["graph"] or "-", f"{r['samples_per_s']:.1f}",
+             _fmt(r["samples_per_s"] / fp32["samples_per_s"] if fp32 else None, ".2f", "x"),
+             _pct(r["accuracy"], ".2f"), _pct(r["recovery"], ".2f"), _pct(r["flop_utilisation"])] for r in int8]
+    return ["## INT8 by instruction set", "",
+            f"{hw['cpu']}: {' '.join(hw.get('instruction_sets') or []) or 'no AVX2'}; ONNX Runtime's INT8 GEMM runs "
+            f"on {hw.get('int8_kernel', 'unknown')} here. INT8 GEMM rate {_rate(rate8)}, "
+            + (f"{ratio:.1f}x" if ratio else "n/a") + " the fp32 rate. Which INT8 graph is faster depends on "
+            "these instructions (VNNI, AMX): both are served so the figures below decide on this machine.", "",
+            markdown_table(["Model", "INT8 graph", "Samples/s", "vs bert_onnx_fp32", "Accuracy", "Recovery",
+                            "FLOP util. (INT8 rate)"], rows, align="llrrrrr")]
+
+
+def _breakdown_rows(label: str, r: dict) -> list[list]:
+    out = [[label, "outside the server (gRPC, client library)", _fmt(r.get("outside_server_ms"), ".2f"), "", "", "",
+            ""]]
+    for s in r.get("steps") or []:
+        out.append([label, s["model"], _fmt(s["request_ms"], ".2f"), _fmt(s["queue_ms"], ".2f"),
+                    _fmt(s["compute_input_ms"], ".2f"), _fmt(s["compute_infer_ms"], ".2f"),
+                    _fmt(s["compute_output_ms"], ".2f")])
+    out.append([label, "between the steps (ensemble scheduler)", _fmt(r.get("between_steps_ms"), ".2f"), "", "", "",
+                ""])
+    return out
+
+
+BREAKDOWN_HEADER = ["Backend", "Where", "ms per request", "queue", "compute input", "compute infer", "compute output"]
+BREAKDOWN_NOTE = ("Per-request means from Triton's statistics (/v2/models/stats) over these texts: each step's "
+                  "time in its dynamic batcher's queue, handing its inputs to the Python stub (compute input), "
+                  "running (compute infer, which includes the stub's round trip and the metrics it records) and "
+                  "taking its outputs back (compute output).")
+
+
+def section_request_cost(doc: dict) -> list[str]:
+    cost = doc.get("request_cost")
+    if not cost:
+        return []
+    rows = [[c["model"], _fmt(c["served"]["p50_ms"], ".2f"), _fmt(c["served"]["p99_ms"], ".2f"),
+             _fmt((c["in_process"] or {}).get("p50_ms"), ".2f"), _fmt((c["in_process"] or {}).get("p99_ms"), ".2f"),
+             _fmt(c["server_cost_p50_ms"], ".2f"), _fmt(c["server_cost_p99_ms"], ".2f")] for c in cost["rows"]]
+    return ["## The cost of one request", "",
+            f"{cost['texts']} single texts per backend, one request each at concurrency 1 over "
+            f"{doc['meta']['protocol']}, each interleaved with the same text through that backend's in-process "
+            "twin (its tokenizer, ONNX file, session settings and post-process without Triton; none for PyTorch: "
+            "the clients never import torch). Server cost = served minus in-process.", "",
+            markdown_table(["Backend", "served p50 ms", "served p99 ms", "in-process p50 ms", "in-process p99 ms",
+                            "server cost p50 ms", "server cost p99 ms"], rows, align="lrrrrrr"),
+            BREAKDOWN_NOTE, "",
+            markdown_table(BREAKDOWN_HEADER, [x for c in cost["rows"] for x in _breakdown_rows(c["model"], c)],
+                           align="llrrrrr")]
+
+
+def request_cost_lines(doc: dict) -> list[str]:
+    """`python -m clients request-cost`: the targets side by side (clients/request_cost.py)."""
+    rows = [[r["label"], _fmt(r["latency"]["p50_ms"], ".2f"), _fmt(r["latency"]["p95_ms"], ".2f"),
+             _fmt(r["latency"]["p99_ms"], ".2f"), _fmt(r.get("ensemble_ms"), ".2f")] for r in doc["rows"]]
+    return [f"# One text at a time: {doc['model']}", "", f"Measured with `{doc['command']}`: {doc['texts']} texts, "
+            "each sent to every target in turn (the order rotating), one request at a time.", "",
+            markdown_table(["Target", "p50 ms", "p95 ms", "p99 ms", "server-side ms (mean)"], rows, align="lrrrr"),
+            BREAKDOWN_NOTE, "",
+            markdown_table(BREAKDOWN_HEADER, [x for r in doc["rows"] if r.get("steps") is not None
+                                              for x in _breakdown_rows(r["label"], r)], align="llrrrrr")]
 
 
 def section_sweep(doc: dict) -> list[str]:
@@ -101,7 +185,8 @@ def section_notes(doc: dict) -> list[str]:
     return ["## Notes", ""] + [f"- {n}" for n in notes] + [""] if notes else []
 
 
-SECTIONS = [section_header, section_table, section_targets, section_flops, section_sweep, section_notes]
+SECTIONS = [section_header, section_table, section_targets, section_flops, section_int8, section_request_cost,
+            section_sweep, section_notes]
 
 
 def render_markdown(doc: dict) -> str:

@@ -358,7 +358,7 @@ class Classifier:
 
 # Ensembles in the order the reports list them: the reference (PyTorch fp32) first
 ENSEMBLE_ORDER = ["bert_pytorch_fp32", "bert_pytorch_fp16", "bert_onnx_fp32", "bert_onnx_fp16", "bert_onnx_int8",
-                  "bert_trt_fp16", "bert_trt_int8"]
+                  "bert_onnx_int8dyn", "bert_trt_fp16", "bert_trt_int8"]
 
 
 def discover_ensembles(clf: Classifier) -> list[str]:

@@ -14,6 +14,7 @@ imported inside the functions that need them.
     postprocess.py   Postprocess: softmax / sigmoid, per-label thresholds, label names
     batching.py      requests -> one batch -> responses; length-sorted chunks
     onnx_session.py  the ONNX Runtime session settings of a served ONNX model
+    cpu.py           this CPU: name, cores, instruction sets (AVX2, AVX-512, VNNI, AMX), INT8 kernel
     bert_config.py   BertConfig: a checkpoint's config.json (labels, thresholds, sizes, FLOPs/token)
     data.py          DataSpec, TextDataset, the CSV loaders (pandas), DataError
     split.py         the 80/10/10 split: make_split, save_split, load_split (the split reader)

@@ -82,6 +82,12 @@ class ModelMetrics:
             for label in labels:
                 self._get(PREDICTIONS, label=label)
 
+    @classmethod
+    def for_classifier(cls, pb_utils, args: dict, post=None) -> "ModelMetrics":
+        """A Python-backend classifier's series; with `post` (a contract.postprocess.Postprocess it
+        runs itself) the predictions series too, one per label name."""
+        return cls(pb_utils, args, CLASSIFIER + (POSTPROCESS if post else ()), post.labels if post else ())
+
     def _get(self, metric: Metric, **extra):
         key = (metric.name, tuple(sorted(extra.items())))
         if key not in self._series:
@@ -95,7 +101,8 @@ class ModelMetrics:
         """Texts one tokenizer execution encoded (their token counts) and how many were cut."""
         tokens_per_text = list(tokens_per_text)
         self._get(TEXTS_TOKENIZED).increment(len(tokens_per_text))
-        self._get(TEXTS_TRUNCATED).increment(truncated)
+        if truncated:   # each update is a round trip to the server process: one text pays for every one
+            self._get(TEXTS_TRUNCATED).increment(truncated)
         histogram = self._get(TOKENS_PER_TEXT)
         for n in tokens_per_text:
             histogram.observe(n)

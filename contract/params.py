@@ -84,13 +84,18 @@ class TokenizerParams(_Parameters):
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierParams(_Parameters):
-    """A Python-backend classifier (ONNX Runtime or PyTorch): token ids -> logits."""
+    """A Python-backend classifier (ONNX Runtime or PyTorch): token ids -> logits, and with
+    `postprocess` also probabilities and label (postprocess.py, labels.txt beside config.pbtxt),
+    so that its ensemble needs no separate post-process model."""
     model_file: str = "model.onnx"     # in the version folder: the ONNX file, or the checkpoint folder
     threads: int = 0                   # cores to use, 0 = every core of the machine
     pad_token_id: int = 0              # pads requests of different lengths to one batch
     precision: str = "fp32"
     sort_chunk_rows: int = DEFAULT_CHUNK_ROWS   # > 0: length-sorted chunks (batching.py); 0: whole batch
     allow_spinning: bool = False       # ONNX Runtime: idle threads spin (True) or sleep
+    postprocess: bool = False          # also return probabilities and label, as PostprocessParams decide
+    multi_label: bool = False          # with postprocess: as PostprocessParams
+    thresholds: tuple[float, ...] = ()  # with postprocess: as PostprocessParams
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ import dataclasses
 import numpy as np
 
 from contract.errors import UserError
+from contract.names import LABEL, LABEL_FILE, LOGITS, PROBABILITIES
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -79,3 +80,29 @@ class Postprocess:
         logits = np.asarray(logits).astype(np.float32)
         probabilities = self.probabilities(logits)
         return logits, probabilities, self.label_names(self._decide(probabilities))
+
+    def tensors(self, logits: np.ndarray) -> tuple[dict[str, np.ndarray], list[str]]:
+        """-> ({logits, probabilities, label: (N, 1) UTF-8 bytes}, label names): what a served model
+        returns under the ensemble contract's output names, and the names for its metrics."""
+        logits, probabilities, names = self(logits)
+        labels = np.array([n.encode() for n in names], dtype=np.object_).reshape(-1, 1)
+        return {LOGITS: logits, PROBABILITIES: probabilities, LABEL: labels}, names
+
+
+def read_labels(path) -> list[str]:
+    """Label names, one a line in index order (a model folder's labels.txt)."""
+    from pathlib import Path
+    return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def classifier_postprocess(model_dir, params) -> Postprocess | None:
+    """The post-process a Python-backend classifier runs itself when its params (ClassifierParams)
+    say `postprocess`, with the label names of labels.txt in `model_dir`; None when they do not."""
+    if not params.postprocess:
+        return None
+    from pathlib import Path
+    path = Path(model_dir) / LABEL_FILE
+    try:
+        return Postprocess.from_params(read_labels(path), params)
+    except OSError as e:
+        raise PostprocessError(f"{path}: cannot read the label names ({e.strerror})") from None

@@ -93,15 +93,16 @@ def write_texts_csv(path: Path, n: int = 96, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_served(tmp_path_factory):
     """The cpu repository build/repository.py makes of a tiny random BERT (checkpoint + fp32 ONNX +
-    int8 ONNX: ensembles bert_pytorch_fp32, bert_onnx_fp32, bert_onnx_int8, the shared tokenizer and
-    postprocess), served by the real embedded Triton; started once per session, stopped at its end."""
+    both int8 ONNX graphs: ensembles bert_pytorch_fp32, bert_onnx_fp32, bert_onnx_int8,
+    bert_onnx_int8dyn, the shared tokenizer; the classifiers post-process themselves), served by the
+    real embedded Triton; started once per session, stopped at its end."""
     from build.repository import build_repository
     from server.embedded import admin_key
     from server.testing import running_server
     from tiny_bert import make_tiny_build
 
     root = tmp_path_factory.mktemp("clients-tiny")
-    checkpoint, onnx_dir = make_tiny_build(root)
+    checkpoint, onnx_dir = make_tiny_build(root, int8dyn=True)
     repo = root / "model_repository"
     build_repository("cpu", checkpoint, repo, onnx_dir=onnx_dir, log=lambda *_: None)
     state = root / "triton-state"

@@ -170,7 +170,7 @@ def test_dead_stub_is_retried_then_reported_with_the_recovery(tiny_served, tmp_p
 
     from server.testing import running_server
     repo = tmp_path / "repo"
-    for name in ("tokenizer", "postprocess", "bert_onnx_fp32", "bert_onnx_fp32_model"):
+    for name in ("tokenizer", "bert_onnx_fp32", "bert_onnx_fp32_model"):   # the cpu classifier post-processes
         shutil.copytree(tiny_served.repository / name, repo / name)
     with running_server(repo, tmp_path / "state", timeout=300) as server:
         clf = Classifier(server.http_url, "http", model="bert_onnx_fp32", retries=2, backoff=0.1)

@@ -1,5 +1,6 @@
-"""ONNX exports (fp32, fp16, int8 QDQ) of a tiny trained BERT, checked in ONNX Runtime against
-PyTorch on held-out texts; a corrupted artifact is rejected; the `onnx` stage is atomic."""
+"""ONNX exports (fp32, fp16, int8 QDQ, int8 quantized dynamically) of a tiny trained BERT, checked in
+ONNX Runtime against PyTorch on held-out texts; a corrupted artifact is rejected; the `onnx` stage is
+atomic; the build report names the CPU's instruction sets next to each graph."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built(run):
     test = load_examples(run / "split.json", parts=["test"])["test"]
-    results = build_onnx(run / "checkpoint", run / "onnx", test, ("fp32", "fp16", "int8"), run / "quantized",
+    results = build_onnx(run / "checkpoint", run / "onnx", test, ("fp32", "fp16", "int8", "int8dyn"), run / "quantized",
                          max_length=32, log=lambda *_: None)
     return run / "onnx", {r.precision: r for r in results}
 
@@ -41,18 +42,35 @@ def test_every_precision_passes_parity_on_held_out_texts(built):
     out, results = built
     assert results["fp32"].max_abs_dlogit <= 1e-4 and results["fp32"].agreement == 1.0
     assert results["fp16"].max_abs_dlogit <= 1e-2
-    assert results["int8"].recovery >= 0.99
-    for name in ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "build_report.json", "build_report.md",
-                 "config.json", "tokenizer.json"):
+    assert results["int8"].recovery >= 0.99 and results["int8dyn"].recovery >= 0.99
+    for name in ("model_fp32.onnx", "model_fp16.onnx", "model_int8.onnx", "model_int8dyn.onnx", "build_report.json",
+                 "build_report.md", "config.json", "tokenizer.json"):
         assert (out / name).exists(), name
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]     # no export source left behind
     report = (out / "build_report.md").read_text()
     assert "## Parity against PyTorch fp32" in report and "### Sensitivity" in report
-    assert json.loads((out / "build_report.json").read_text())["parity"][0]["passed"] is True
+    doc = json.loads((out / "build_report.json").read_text())
+    assert doc["parity"][0]["passed"] is True
+
+
+def test_build_report_names_the_instruction_sets_next_to_each_graph(built):
+    from contract.cpu import cpu_info, describe, gemm_instructions, read_cpuinfo
+    out, results = built
+    flags = read_cpuinfo()[1]
+    doc = json.loads((out / "build_report.json").read_text())
+    assert doc["info"]["cpu"] == describe(cpu_info())
+    assert doc["info"]["int8dyn"].endswith(f"reduce_range: {not (flags & {'avx512_vnni', 'avx_vnni', 'amx_int8'})}")
+    rows = {r["precision"]: r for r in doc["parity"]}
+    assert rows["int8dyn"]["graph"].startswith("INT8 dynamic") and rows["int8"]["graph"].startswith("INT8 QDQ")
+    for precision, r in rows.items():
+        assert r["instructions"] == gemm_instructions(precision, flags) != ""
+    report = (out / "build_report.md").read_text()
+    assert "| matmuls on this CPU |" in report and f"| {rows['int8dyn']['instructions']} |" in report
 
 
 def test_graphs_have_the_contract_signature(built):
     out, _ = built
-    for precision in ("fp32", "fp16", "int8"):
+    for precision in ("fp32", "fp16", "int8", "int8dyn"):
         g = onnx.load(str(out / f"model_{precision}.onnx"))
         assert g.opset_import[0].version >= 17
         assert [i.name for i in g.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
@@ -62,6 +80,17 @@ def test_graphs_have_the_contract_signature(built):
         assert dims[0].dim_param and dims[1].dim_param  # dynamic batch and sequence
     fp16 = onnx.load(str(out / "model_fp16.onnx"))
     assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+
+
+def test_int8dyn_graph_quantizes_the_dense_weights_per_channel(built):
+    out, _ = built
+    g = onnx.load(str(out / "model_int8dyn.onnx"))
+    ops = Counter(n.op_type for n in g.graph.node)
+    # 2 layers x (q, k, v, attention output, ffn in, ffn out) + pooler + classifier; attention products stay float
+    assert ops["MatMulInteger"] == 14 and ops["MatMul"] == 4 and ops["DynamicQuantizeLinear"] > 0
+    scales = {i.name: numpy_helper.to_array(i) for i in g.graph.initializer if i.name.endswith("_scale")}
+    assert any(a.ndim == 1 and a.size > 1 for a in scales.values())          # one scale per output channel
+    assert [i.name for i in g.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
 
 
 def test_int8_graph_has_qdq_pairs_and_runs_in_onnxruntime(run, built):
@@ -116,9 +145,9 @@ def test_failed_build_leaves_the_previous_output_intact(run, built, tmp_path, mo
     real = ex.export_variants
 
     def corrupting(*args, **kwargs):  # the export "goes wrong": its fp32 file has altered weights
-        paths = real(*args, **kwargs)
+        paths, settings = real(*args, **kwargs)
         _perturb_classifier(paths["fp32"], paths["fp32"])
-        return paths
+        return paths, settings
 
     monkeypatch.setattr(ex, "export_variants", corrupting)
     test = load_examples(run / "split.json", parts=["test"])["test"]

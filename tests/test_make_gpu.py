@@ -64,6 +64,7 @@ def test_fp32_and_fp16_alone_need_no_quantized_model(run):
     [line] = exports(make(run, "onnx", "PRECISIONS=fp32,fp16", "ONNX_ARGS=--padded"))
     assert "--precisions fp32,fp16" in line
     assert " -m build quantize " not in make(run, "onnx", "PRECISIONS=fp32,fp16", "ONNX_ARGS=--padded")
+    assert " -m build quantize " not in make(run, "onnx", "PRECISIONS=fp32,int8dyn")   # ONNX Runtime quantizes it
     assert " -m build quantize " in make(run, "onnx", "PRECISIONS=fp32,int8", "ONNX_ARGS=--padded")
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -23,7 +24,7 @@ from tiny_bert import make_tiny_build, make_tiny_checkpoint  # noqa: E402
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return make_tiny_build(tmp_path_factory.mktemp("tiny"))
+    return make_tiny_build(tmp_path_factory.mktemp("tiny"), int8dyn=True)
 
 
 def quiet(*_):
@@ -36,8 +37,9 @@ def test_cpu_repository_layout(tiny, tmp_path):
     result = repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
 
     assert result.version == 1 and result.skipped == {}
-    assert result.ensembles == ["bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8"]
-    expected = {"tokenizer", "postprocess", *result.ensembles, *(f"{e}_model" for e in result.ensembles)}
+    assert result.ensembles == ["bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8", "bert_onnx_int8dyn"]
+    # the cpu classifiers post-process their own logits: no shared postprocess model on cpu
+    expected = {"tokenizer", *result.ensembles, *(f"{e}_model" for e in result.ensembles)}
     assert {p.name for p in out.iterdir() if p.is_dir()} == expected
     for name in expected:                       # every config parses back and names its folder
         config = mcfg.parse_config((out / name / "config.pbtxt").read_text())
@@ -51,16 +53,47 @@ def test_cpu_repository_layout(tiny, tmp_path):
                 assert len(data) == 8 * dims[0]
     # every Python-backend version folder stands alone: model.py and a copy of the contract package
     contract = sorted(p.name for p in (repository.ROOT / "contract").glob("*.py"))
-    for name in ("tokenizer", "postprocess", "bert_pytorch_fp32_model", "bert_onnx_fp32_model", "bert_onnx_int8_model"):
+    for name in ("tokenizer", "bert_pytorch_fp32_model", "bert_onnx_fp32_model", "bert_onnx_int8_model",
+                 "bert_onnx_int8dyn_model"):
         assert (out / name / "1" / "model.py").is_file(), name
         assert sorted(p.name for p in (out / name / "1" / "contract").iterdir()) == contract, name
     v = out / "bert_pytorch_fp32_model" / "1"
     assert (v / "checkpoint" / "model.safetensors").is_file()
     assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "dropout.py", "model.py"]
     assert (out / "bert_onnx_int8_model" / "1" / "model.onnx").is_file()
+    ops = {n.op_type for n in onnx.load(str(out / "bert_onnx_int8dyn_model" / "1" / "model.onnx")).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops      # the dynamically quantized graph
     assert (out / "tokenizer" / "1" / "tokenizer.json").is_file()
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["version"] == 1 and manifest["target"] == "cpu" and manifest["skipped"] == {}
+
+
+def test_cpu_classifiers_post_process_themselves(tiny, tmp_path):
+    """Two steps per cpu ensemble (tokenizer -> classifier): the classifier returns logits,
+    probabilities and label itself; --postprocess-model gives the GPU's three steps instead."""
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "repo"
+    repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    for ensemble in ("bert_pytorch_fp32", "bert_onnx_fp32"):
+        ens = mcfg.parse_config((out / ensemble / "config.pbtxt").read_text())
+        steps = ens.ensemble_scheduling.step
+        assert [s.model_name for s in steps] == ["tokenizer", f"{ensemble}_model"]
+        assert dict(steps[1].output_map) == {n: n for n in ("logits", "probabilities", "label")}
+        model = mcfg.parse_config((out / f"{ensemble}_model" / "config.pbtxt").read_text())
+        assert [(o.name, o.label_filename) for o in model.output] == [
+            ("logits", "labels.txt"), ("probabilities", "labels.txt"), ("label", "")]
+        assert model.parameters["postprocess"].string_value == "true"
+        assert (out / f"{ensemble}_model" / "labels.txt").read_text().split() == ["negative", "positive"]
+    before = tmp_path / "before"
+    result = repository.build_repository("cpu", ckpt, before, onnx_dir=onnx_dir, log=quiet, postprocess_model=True)
+    assert (before / "postprocess" / "config.pbtxt").is_file()
+    for ensemble in result.ensembles:
+        ens = mcfg.parse_config((before / ensemble / "config.pbtxt").read_text())
+        assert [s.model_name for s in ens.ensemble_scheduling.step][1:] == [f"{ensemble}_model", "postprocess"]
+        model = mcfg.parse_config((before / f"{ensemble}_model" / "config.pbtxt").read_text())
+        assert [o.name for o in model.output] == ["logits"] and model.parameters["postprocess"].string_value == "false"
+    with pytest.raises(mcfg.ServingSpecError, match="only Python-backend classifiers post-process"):
+        mcfg.classifier_config(mcfg.ServingSpec(labels=("a", "b")), "m", "tensorrt_plan", postprocess=True)
 
 
 def test_warmup_text_is_a_serialized_bytes_tensor(tiny, tmp_path):
@@ -99,7 +132,7 @@ def test_missing_artifacts_are_skipped_and_listed(tmp_path):
     ckpt = make_tiny_checkpoint(tmp_path / "checkpoint")
     result = repository.build_repository("cpu", ckpt, tmp_path / "repo", log=quiet)
     assert result.ensembles == ["bert_pytorch_fp32"]
-    assert set(result.skipped) == {"bert_onnx_fp32", "bert_onnx_int8"}
+    assert set(result.skipped) == {"bert_onnx_fp32", "bert_onnx_int8", "bert_onnx_int8dyn"}
     assert result.skipped["bert_onnx_int8"] == "model_int8.onnx: no --onnx-dir given"
     result = repository.build_repository("cpu", ckpt, tmp_path / "repo", onnx_dir=tmp_path, log=quiet)
     assert result.skipped["bert_onnx_int8"].startswith(f"model_int8.onnx not found in {tmp_path}, ")
@@ -242,3 +275,18 @@ def test_tensorrt_plans_are_configured_when_present(tiny, tmp_path):
                                          plan_dir=tmp_path, log=quiet)
     assert "bert_trt_fp16" not in result.ensembles
     assert "batches up to 32 < --max-batch-size 64" in result.skipped["bert_trt_fp16"]
+
+
+def test_a_cpu_classifier_reads_its_labels_beside_its_config(tmp_path):
+    from contract.params import ClassifierParams
+    from contract.postprocess import PostprocessError, classifier_postprocess
+    assert classifier_postprocess(tmp_path, ClassifierParams()) is None          # not asked to post-process
+    with pytest.raises(PostprocessError, match=r"labels.txt: cannot read the label names"):
+        classifier_postprocess(tmp_path, ClassifierParams(postprocess=True))
+    (tmp_path / "labels.txt").write_text("toxic\ninsult\n")
+    post = classifier_postprocess(tmp_path, ClassifierParams(postprocess=True, multi_label=True, thresholds=(0.5, 0.2)))
+    assert post.labels == ("toxic", "insult") and post.multi_label and post.thresholds == (0.5, 0.2)
+    tensors, names = post.tensors(np.array([[3.0, -1.0], [-3.0, -3.0]], dtype=np.float32))
+    assert names == ["toxic,insult", ""] and tensors["label"].tolist() == [[b"toxic,insult"], [b""]]
+    with pytest.raises(PostprocessError, match="1 thresholds for 2 labels"):
+        classifier_postprocess(tmp_path, ClassifierParams(postprocess=True, thresholds=(0.5,)))

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 SERVED_LABELS = ("negative", "positive")           # make_tiny_checkpoint's default labels
-SERVED_ENSEMBLES = ("bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8")   # its cpu repository
+SERVED_ENSEMBLES = ("bert_pytorch_fp32", "bert_onnx_fp32", "bert_onnx_int8",       # its cpu repository
+                    "bert_onnx_int8dyn")                                          # (int8dyn=True)
 WORDS = ("i love this great happy day the flight was bad worst ever awful good morning sun is out my "
          "got cancelled again airline what a wonderful not so").split()
 
@@ -98,12 +99,17 @@ def make_tiny_checkpoint(folder: Path, labels=("negative", "positive"), multi_la
     return folder
 
 
-def make_tiny_build(tmp: Path, int8=True, **checkpoint_options) -> tuple[Path, Path]:
-    """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model)."""
+def make_tiny_build(tmp: Path, int8=True, int8dyn=False, **checkpoint_options) -> tuple[Path, Path]:
+    """A tiny checkpoint and an ONNX folder with model_fp32.onnx (+ a real int8 model standing in for
+    the QAT graph; + int8dyn: model_int8dyn.onnx, quantized by the build's own
+    build/quantize_dynamic.py, here from the packed fp32 export to save a second export)."""
     ckpt = make_tiny_checkpoint(tmp / "checkpoint", **checkpoint_options)
     onnx_dir = export_fp32(ckpt, tmp / "build" / "onnx")
     if int8:  # dynamic int8 quantization: a real int8 graph, small and quick to make
         from onnxruntime.quantization import QuantType, quantize_dynamic
         quantize_dynamic(str(onnx_dir / "model_fp32.onnx"), str(onnx_dir / "model_int8.onnx"),
                          weight_type=QuantType.QInt8)
+    if int8dyn:
+        from build.quantize_dynamic import quantize_dynamic_graph
+        quantize_dynamic_graph(onnx_dir / "model_fp32.onnx", onnx_dir / "model_int8dyn.onnx")
     return ckpt, tmp / "build"

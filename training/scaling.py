@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from contract.machine import describe_cpu
+from contract.cpu import cpu_info, describe
 
 READY_TIMEOUT = 600  # seconds for a group to load and warm up
 
@@ -119,7 +119,7 @@ def main(args) -> None:
     if counts[0] != 1:
         counts = [1] + counts  # speedup and efficiency are against one process
     spec = {"model": str(args.model or default_base_model()), "batch_size": args.batch_size, "seq_len": args.seq_len}
-    print(f"torch {torch.__version__}; CPU: {describe_cpu()}; one thread per process; global batch "
+    print(f"torch {torch.__version__}; CPU: {describe(cpu_info())}; one thread per process; global batch "
           f"{args.batch_size} x {args.seq_len} tokens (every position a real token); config {spec['model']} "
           f"(random weights); full fine-tuning; {args.steps} steps per turn, {args.repeats} rounds")
     if counts[-1] > (os.cpu_count() or 1):

@@ -8,7 +8,9 @@ later edit of training/ cannot change a model that is already deployed.
 Parameters: contract.params.ClassifierParams: threads (cores to use, 0 = every core),
 pad_token_id, precision (fp32), sort_chunk_rows (> 0: run each batch as length-sorted chunks of
 that many rows, `threads` chunks at once, each on one torch thread; 0: the whole batch at once on
-`threads` threads; see contract/batching.py).
+`threads` threads; see contract/batching.py), postprocess (with multi_label, thresholds: also
+return probabilities and label from labels.txt beside config.pbtxt, as the shared postprocess
+model would: one Python stub hop fewer per request).
 """
 import os
 import sys
@@ -27,9 +29,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))  # the contract/ copy and the training/ snapshot beside this file win
 
 from contract import batching  # noqa: E402
-from contract.metrics import CLASSIFIER, ModelMetrics, recording_rows  # noqa: E402
+from contract.metrics import ModelMetrics, recording_rows  # noqa: E402
 from contract.names import FEATURES, LOGITS  # noqa: E402
 from contract.params import ClassifierParams  # noqa: E402
+from contract.postprocess import classifier_postprocess  # noqa: E402
 from training.model import BertForSequenceClassification  # noqa: E402
 
 
@@ -54,7 +57,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, "
                                  f"{self.model.num_parameters():,} parameters, length-sorted chunks of "
                                  f"{self.chunk_rows or 'all'} rows, {self.workers} at once x {intra_op} thread(s)")
-        self.metrics = ModelMetrics(pb_utils, args, CLASSIFIER)
+        # with `postprocess`: probabilities and label too (a bad labels.txt fails the load, naming it)
+        self.post = classifier_postprocess(args["model_repository"], params)
+        self.metrics = ModelMetrics.for_classifier(pb_utils, args, self.post)
 
     def execute(self, requests):
         def read(request, name):
@@ -62,7 +67,7 @@ class TritonPythonModel:
             return None if t is None else t.as_numpy()
 
         batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
-        outputs, chunks = {}, []
+        outputs, chunks, names = {}, [], []
         if batch is not None:
             try:
                 def run(b):
@@ -73,8 +78,12 @@ class TritonPythonModel:
                 run, chunks = recording_rows(run)
                 logits = batching.run_sorted_chunks(run, batch, self.chunk_rows, self.workers)
                 outputs = {LOGITS: logits.astype(np.float32, copy=False)}
+                if self.post is not None:
+                    outputs, names = self.post.tensors(logits)
             except Exception as e:
                 errors = [err or f"PyTorch failed on a batch of {len(batch['input_ids'])}: {e}"
                           for err in errors]
         self.metrics.executed(chunks)
+        if names:
+            self.metrics.predicted(names)
         return batching.respond(pb_utils, outputs, rows, errors)
