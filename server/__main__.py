@@ -204,7 +204,7 @@ def cmd_probe(args):
         except ServerError:
             key = None
     try:
-        results = probing.probe(url, key, args.model, args.timeout)
+        results = probing.probe(url, key, args.model, args.timeout, require_ready=not args.ignore_readiness)
     except probing.ProbeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -123,6 +123,9 @@ class Watcher:
         t = time.monotonic()
         settings = self.server.settings
         self.server.stop()
+        log = Path(settings.log_path)
+        if log.exists():                      # the new server starts a fresh log; keep the evidence
+            log.replace(log.with_name(log.name + ".before-restart"))
         self.server = TritonServer(settings).start()
         self.server.wait_ready(300)
         self._say("restarted", f"{why}: restarted the server (pid {self.server.pid}) in {time.monotonic() - t:.1f} s",

@@ -10,8 +10,8 @@ Why: Triton 2.51 keeps a model READY after its Python stub dies (killed, out of 
 
 Exit status: 0 every ensemble answered (or refused one request as busy: a full queue is load, not
 a fault, and a probe that failed then would restart a busy server), 1 at least one ensemble failed
-(each named, with the server's error), 2 the server is unreachable, not ready, or the ensembles
-cannot be listed. The ensembles come from the repository index, a restricted API: the admin key is
+(each named, with the server's error), 2 the server is unreachable, not ready (unless
+--ignore-readiness), or the ensembles cannot be listed. The ensembles come from the repository index, a restricted API: the admin key is
 --admin-key, else $TRITON_ADMIN_KEY, else the file --admin-key-file (default: the secret docker
 compose and the Kubernetes Deployment mount, /run/secrets/triton_admin_key).
 
@@ -164,6 +164,9 @@ def add_arguments(p: argparse.ArgumentParser, default_url="127.0.0.1:8000") -> N
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per request (default 5)")
     p.add_argument("--admin-key", help="key for the repository index (default $TRITON_ADMIN_KEY, then --admin-key-file)")
     p.add_argument("--admin-key-file", default=SECRET_FILE, help=f"default {SECRET_FILE}")
+    p.add_argument("--ignore-readiness", action="store_true",
+                   help="probe the ready ensembles even when the server reports not ready (a liveness check: a "
+                        "model that failed to load is readiness' business, a restart would not fix it)")
 
 
 def main(argv=None) -> int:
@@ -171,7 +174,8 @@ def main(argv=None) -> int:
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        results = probe(args.url, read_key(args.admin_key, args.admin_key_file), args.model, args.timeout)
+        results = probe(args.url, read_key(args.admin_key, args.admin_key_file), args.model, args.timeout,
+                        require_ready=not args.ignore_readiness)
     except ProbeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
