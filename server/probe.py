@@ -98,11 +98,15 @@ def _inputs(config: dict) -> list[dict]:
 
 def probe_model(base: str, name: str, timeout: float = 5.0) -> Result:
     start = time.monotonic()
-    status, config = _call(base, "GET", f"/v2/models/{name}/config", timeout=timeout)
-    if status == 200:
-        status, doc = _call(base, "POST", f"/v2/models/{name}/infer", {"inputs": _inputs(config)}, timeout=timeout)
-    else:
-        doc = config
+    try:
+        status, config = _call(base, "GET", f"/v2/models/{name}/config", timeout=timeout)
+        if status == 200:
+            status, doc = _call(base, "POST", f"/v2/models/{name}/infer", {"inputs": _inputs(config)},
+                                timeout=timeout)
+        else:
+            doc = config
+    except ProbeError as e:        # no answer within the timeout, or the connection dropped
+        return Result(name, "failed", time.monotonic() - start, str(e))
     seconds = time.monotonic() - start
     if status == 200:
         return Result(name, "ok", seconds)
