@@ -115,3 +115,14 @@ def test_up_watch_restarts_a_mode_none_server_whose_stub_died(tmp_path):
             running.stop()
     assert not alive(second)
     print(f"\nmode none: stub killed, the watcher (every 0.5 s) restarted the server in {restarted:.1f} s")
+
+
+def test_a_hanging_test_fails_at_its_timeout(tmp_path, pytestconfig):
+    """pytest-timeout turns a hang into a failed test (the suite's default comes from pyproject.toml)."""
+    assert float(pytestconfig.getini("timeout")) >= 300 and pytestconfig.getini("timeout_method") == "signal"
+    (tmp_path / "test_hang.py").write_text("import time\n\n\ndef test_hangs():\n    time.sleep(120)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "test_hang.py", "-q", "-p", "no:cacheprovider",
+                           "-o", "timeout=1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "Failed: Timeout (>1.0s) from pytest-timeout" in proc.stdout, proc.stdout
+    assert time.monotonic() - start < 30
