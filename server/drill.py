@@ -16,7 +16,6 @@ import http.client
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -24,7 +23,6 @@ from pathlib import Path
 
 import psutil
 
-from contract import cli
 from server.admin import RolloutError, add_target_arguments, target
 from server.embedded import TritonServer
 
@@ -186,14 +184,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=4, help="client threads (default 4)")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
 
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.drill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    return cli.run_guarded(lambda: run(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
