@@ -129,7 +129,7 @@ def python_stubs(server_pid: int) -> dict[int, str]:
 
 def _summary(traffic: Traffic, seconds: float, action: str) -> dict:
     versions = sorted({a.version for a in traffic.ok()})
-    return {"action": action, "model": traffic.model, "threads": len(traffic._threads),
+    return {"action": action, "ensemble": traffic.model, "threads": len(traffic._threads),
             "requests": len(traffic.answers), "failed": len(traffic.failures()),
             "versions_seen": versions, "seconds": round(seconds, 2),
             "first_errors": traffic.failures()[:3]}
