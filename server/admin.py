@@ -110,13 +110,22 @@ def add_target_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole operation (default 600)")
 
 
-def target(args) -> tuple[Admin, Path]:
-    """URL, repository and admin key: flags, else the running server's pidfile/state, else defaults."""
+def _settings(args) -> tuple[Path, ServerSettings]:
     state_dir = Path(args.state_dir or os.environ.get("TRITON_STATE_DIR") or DEFAULT_STATE_DIR)
     running = TritonServer.from_pidfile(state_dir)
-    settings = running.settings if running else ServerSettings.from_env(state_dir=state_dir)
+    return state_dir, running.settings if running else ServerSettings.from_env(state_dir=state_dir)
+
+
+def repository(args) -> Path:
+    """--model-repository, else the running server's, else the default (model_repository/)."""
+    return Path(args.model_repository) if args.model_repository else Path(_settings(args)[1].model_repository)
+
+
+def target(args) -> tuple[Admin, Path]:
+    """URL, repository and admin key: flags, else the running server's pidfile/state, else defaults."""
+    state_dir, settings = _settings(args)
     url = args.url or settings.http_url
-    repo = Path(args.model_repository) if args.model_repository else Path(settings.model_repository)
+    repo = repository(args)
     key = args.admin_key or os.environ.get("TRITON_ADMIN_KEY")
     if not key:
         try:

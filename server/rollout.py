@@ -55,7 +55,7 @@ from contract.names import LABEL_FILE
 from contract.repository_versions import (SNAPSHOT, RepositoryVersionError, has_snapshot, model_files,
                                           plan_rollback, same_files, selected_versions, version_folders,
                                           write_rollback)
-from server.admin import Admin, LoadRefused, RolloutError, add_target_arguments, target
+from server.admin import Admin, LoadRefused, RolloutError, add_target_arguments, repository, target
 
 __all__ = ["Admin", "RolloutError", "rollout", "rollback", "read_repository", "make_plan"]
 
@@ -380,10 +380,7 @@ def add_rollback_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_rollback(args) -> int:
     """`python -m server rollback ...`"""
-    admin, repo = (None, Path(args.model_repository)) if args.repository_only and args.model_repository \
-        else target(args)
-    if args.repository_only:
-        admin = None
+    admin, repo = (None, repository(args)) if args.repository_only else target(args)
     try:
         result = rollback(admin, repo, timeout=args.timeout, parallel=args.parallel)
     except LoadRefused as e:
