@@ -90,7 +90,8 @@ def test_up_watch_restarts_a_mode_none_server_whose_stub_died(tmp_path):
     server = [sys.executable, "-m", "server"]
     where = ["--state-dir", str(state)]
     up = subprocess.Popen([*server, "up", "--model-repository", str(repo), *where, "--http-port", str(http),
-                           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--watch", "0.5"],
+                           "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--exit-timeout-secs", "1",
+                           "--watch", "0.5"],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         first = int(read_until(up, "Triton ready (pid", timeout=120)[-1].split("(pid ")[1].split(")")[0])

@@ -156,11 +156,11 @@ def test_a_killed_stub_is_named_by_the_probe_and_healed_by_the_watcher(setup):
         assert f"failed {ENSEMBLE} " in out.getvalue()
         assert f"Stub process '{ENSEMBLE}_model_0_0' is not healthy" in out.getvalue()
 
-        # a client that retries (backoff 0.5, 1, 2, ... s) rides through: its caller sees answers
+        # a client that retries (backoff 0.25, 0.5, 1, ... s) rides through: its caller sees answers
         patient = {}
 
         def classify():
-            with Classifier(server.http_url, model=ENSEMBLE, retries=6, backoff=0.5) as clf:
+            with Classifier(server.http_url, model=ENSEMBLE, retries=8, backoff=0.25) as clf:
                 patient["labels"] = [p.label for p in clf.classify(list(TEXTS[:2]))]
 
         retrying = threading.Thread(target=classify, daemon=True)
