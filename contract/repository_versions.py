@@ -38,7 +38,7 @@ from pathlib import Path
 
 from contract import pbtxt
 from contract.errors import UserError
-from contract.files import atomic_write_json
+from contract.files import atomic_write_json, atomic_write_text
 
 SNAPSHOT = ".model_files"       # inside a version folder: its build's model-folder files
 BUILD_FILE = "build.json"       # top of the repository: what the served build is made of
@@ -138,7 +138,14 @@ def carry_version(old_model_dir: Path, new_model_dir: Path, version: int) -> Non
     copy_tree(old_model_dir / str(version), new_model_dir / str(version))
     if not has_snapshot(new_model_dir, version):
         shutil.rmtree(new_model_dir / str(version) / SNAPSHOT, ignore_errors=True)
-        snapshot_model_files(new_model_dir, version, source=old_model_dir)
+        snapshot = snapshot_model_files(new_model_dir, version, source=old_model_dir)
+        # such a repository served "latest" through "latest" steps: name the version, as builds now do
+        config = pbtxt.read(snapshot)
+        config.version_policy.Clear()
+        config.version_policy.specific.versions.append(version)
+        for step in config.ensemble_scheduling.step:
+            step.model_version = version
+        atomic_write_text(snapshot / pbtxt.CONFIG_FILE, pbtxt.to_text(config))
 
 
 def retain_previous(old_repo: Path, new_tree: Path, new_version: int) -> int | None:

@@ -4,6 +4,7 @@ The tiny checkpoint (a WordPiece tokenizer made with `tokenizers`, a 2-layer BER
 save_pretrained) is also what tests/test_triton_cpu.py serves with the real Triton server.
 """
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -107,6 +108,29 @@ def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkey
         repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert not list(tmp_path.glob(".model_repository.*"))   # no temp tree left behind
+
+
+def test_a_repository_without_kept_versions_can_still_be_rolled_back_after_one_build(tiny, tmp_path):
+    """A repository written before builds kept versions ("latest" everywhere): the next build keeps
+    its version with the model-folder files it served, named explicitly, so a rollback returns to it."""
+    from contract.repository_versions import current_version, plan_rollback, write_rollback
+
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "model_repository"
+    repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    for config_path in out.glob("*/config.pbtxt"):          # make it look like the old layout
+        config = mcfg.parse_config(config_path.read_text())
+        config.version_policy.Clear()
+        config.version_policy.latest.num_versions = 1
+        for step in config.ensemble_scheduling.step:
+            step.model_version = -1
+        config_path.write_text(mcfg.to_text(config))
+        shutil.rmtree(config_path.parent / "1" / ".model_files")
+    assert repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet).previous == 1
+    back = write_rollback(plan_rollback(out))
+    assert (back.from_version, back.to_version, back.dropped) == (2, 1, {}) and current_version(out) == 1
+    steps = mcfg.parse_config((out / "bert_onnx_fp32" / "config.pbtxt").read_text()).ensemble_scheduling.step
+    assert [s.model_version for s in steps] == [1, 1, 1]
 
 
 def test_missing_artifacts_are_skipped_and_listed(tmp_path):
