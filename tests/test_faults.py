@@ -127,3 +127,54 @@ def test_a_hanging_test_fails_at_its_timeout(tmp_path, pytestconfig):
                            "-o", "timeout=1"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "Failed: Timeout (>1.0s) from pytest-timeout" in proc.stdout, proc.stdout
     assert time.monotonic() - start < 30
+
+
+def test_the_probe_counts_a_full_queue_as_busy_not_dead(tmp_path):
+    """A liveness probe must not restart a server for being busy: Triton 2.51 refuses a request past
+    the queue bound with HTTP 503 "Exceeds maximum queue size", which the probe reports as busy."""
+    import io
+    import json
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from contract import pbtxt
+    from server.testing import running_server
+
+    repo = write_tiny_repository(tmp_path / "repo")
+    model = repo / "upper" / "1" / "model.py"                 # 0.3 s per execution, a queue of one
+    model.write_text(model.read_text().replace("        responses = []\n",
+                                               "        import time\n        time.sleep(0.3)\n        responses = []\n"))
+    for name in ("upper", "upper_ensemble"):
+        config = pbtxt.read(repo / name)
+        config.max_batch_size = 1
+        if name == "upper":
+            config.dynamic_batching.default_queue_policy.max_queue_size = 1
+        (repo / name / "config.pbtxt").write_text(pbtxt.to_text(config))
+    with running_server(repo, tmp_path / "state", exit_timeout_secs=1) as server:
+        stop = threading.Event()
+        body = json.dumps({"inputs": [{"name": "text", "shape": [1, 1], "datatype": "BYTES", "data": ["a"]}]})
+
+        def flood():
+            while not stop.is_set():
+                try:
+                    urllib.request.urlopen(urllib.request.Request(
+                        f"http://{server.http_url}/v2/models/upper_ensemble/infer", body.encode(), method="POST"),
+                        timeout=30).read()
+                except urllib.error.HTTPError:
+                    pass
+
+        threads = [threading.Thread(target=flood, daemon=True) for _ in range(4)]
+        for t in threads:
+            t.start()
+        seen, deadline = [], time.monotonic() + 15
+        try:
+            while "busy" not in {r.status for r in seen} and time.monotonic() < deadline:
+                seen += probing.probe(server.http_url, admin_key(server.settings.state_dir))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+    busy = [r for r in seen if r.status == "busy"]
+    assert busy and "HTTP 503" in busy[0].error and "Exceeds maximum queue size" in busy[0].error, seen
+    assert {r.status for r in seen} <= {"ok", "busy"} and probing.report(busy, out=io.StringIO()) == 0
