@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from contract.errors import UserError
 from server import probe as probing
 from server.admin import Admin, RolloutError
 from server.embedded import TritonServer, admin_key
@@ -166,5 +167,5 @@ class Watcher:
         while not self.stop.wait(self.interval):
             try:
                 self.check()
-            except RolloutError as e:
+            except UserError as e:            # a reload or a restart that failed: say so, try again next round
                 self._say("error", f"heal failed: {e}")
