@@ -34,7 +34,8 @@ export PYTHONPATH := $(CURDIR)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help setup fetch train quantize onnx engines torchscript repository serve up down status rollout classify \
+.PHONY: help setup fetch train quantize onnx engines torchscript repository serve up down status rollout rollback \
+        probe drill classify \
         benchmark perf load experiments demo test test-fast lock clean gpu-report onnx-request-changed \
         monitor dashboard capacity
 
@@ -146,9 +147,10 @@ serve: .triton/.installed ## run the embedded Triton server in the foreground
 	$(PY) -m server serve --model-repository $(REPO)
 
 CONTROL ?= none
-up: .triton/.installed ## start the embedded Triton server in the background (CONTROL=explicit for rollouts)
+WATCH   ?=
+up: .triton/.installed ## start the embedded Triton server in the background (CONTROL=explicit for rollouts; WATCH=5 stays and heals dead stubs)
 	$(PY) -m server up --model-repository $(REPO) --model-control-mode $(CONTROL) \
-	    $(if $(filter explicit,$(CONTROL)),--load-model '*',)
+	    $(if $(filter explicit,$(CONTROL)),--load-model '*',) $(if $(WATCH),--watch $(WATCH),)
 
 monitor: up .tools/.prometheus-installed ## Prometheus on 127.0.0.1:9090 scraping the embedded server with deploy/monitoring/ rules
 	$(PY) -m server monitor
@@ -159,8 +161,18 @@ down: ## stop the embedded Triton server (and Prometheus) and wait until its por
 status: ## is the embedded server running and ready?
 	$(PY) -m server status
 
-rollout: ## load a rebuilt repository into the running server (CONTROL=explicit), zero failed requests
+rollout: ## load a rebuilt repository into the running server (CONTROL=explicit), zero failed requests; a failed load rolls back
 	$(PY) -m server rollout
+
+rollback: ## the repository and the running server (CONTROL=explicit) return to the previous build
+	$(PY) -m server rollback
+
+probe: ## one real text through every ensemble of the running server; fails naming a dead one
+	$(PY) -m server probe
+
+DRILL ?= rollback
+drill: ## rehearse under live traffic: DRILL=rollout|rollback|"kill-stub bert_onnx_fp32_model" (figures)
+	$(PY) -m server drill $(DRILL)
 
 # ---- clients -------------------------------------------------------------------------------------
 TEXTS ?= "what a wonderful morning, the sun is out" "my flight got cancelled again, worst airline ever"

@@ -138,8 +138,22 @@ def add_warmup(config: mc.ModelConfig, name: str, batch_size: int, inputs: dict)
 def new_config(name: str, spec: ServingSpec, *, backend: str = "", platform: str = "") -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, backend=backend, platform=platform,
                             max_batch_size=spec.max_batch_size)
-    # one version served at a time: a rebuild writes a higher version and Triton rolls to it
+    # one version served at a time; a repository build names it (serve_only)
     config.version_policy.latest.num_versions = 1
+    return config
+
+
+def serve_only(config: mc.ModelConfig, version: int) -> mc.ModelConfig:
+    """Serve exactly `version`. The repository keeps the previous build's version folder beside this
+    one (for a rollback), so "latest" would be wrong after a rollback; naming the version is right
+    in both directions. An ensemble must already call its steps at that version (ensemble_config)."""
+    config.version_policy.Clear()
+    config.version_policy.specific.versions.append(version)
+    wrong = [f"{s.model_name} v{s.model_version}" for s in config.ensemble_scheduling.step
+             if s.model_version != version]
+    if wrong:
+        raise ServingSpecError(f"ensemble {config.name!r} served as v{version} calls {', '.join(wrong)}: "
+                               "an ensemble calls its own build's models (ensemble_config(version=...))")
     return config
 
 
@@ -234,9 +248,16 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
 
 
 def ensemble_config(spec: ServingSpec, name: str, model_name: str,
-                    postprocess_name: str | None = POSTPROCESS) -> mc.ModelConfig:
+                    postprocess_name: str | None = POSTPROCESS, version: int = -1) -> mc.ModelConfig:
     """text (+ features) -> tokenizer -> model -> postprocess -> logits, probabilities, label;
-    postprocess_name None: the model returns all three itself (classifier_config(postprocess=True))."""
+    postprocess_name None: the model returns all three itself (classifier_config(postprocess=True)).
+
+    `version`: the build's version number, which every step names. Each step of an ensemble picks
+    its model's version on its own; with -1 ("the latest ready") a request during a rollout could
+    meet the new tokenizer and the old classifier, whose vocabularies may differ. Named versions
+    make that impossible: the ensemble of build N calls only build N's models, and a rollout keeps
+    them loaded until no ensemble of build N is left (server/rollout.py). -1 is for configs that
+    are not part of a repository build."""
     c = new_config(name, spec, platform="ensemble")
     add_input(c, TEXT, mc.TYPE_STRING, [1])
     if spec.num_features:
@@ -246,7 +267,7 @@ def ensemble_config(spec: ServingSpec, name: str, model_name: str,
     add_output(c, LABEL, mc.TYPE_STRING, [1])
 
     def step(model, inputs, outputs):
-        s = c.ensemble_scheduling.step.add(model_name=model, model_version=-1)
+        s = c.ensemble_scheduling.step.add(model_name=model, model_version=version)
         s.input_map.update(inputs)     # model's tensor name -> ensemble tensor name
         s.output_map.update(outputs)
 

@@ -23,13 +23,15 @@ difference. A model whose artifact does not exist is skipped and listed (never f
 fails only when nothing can be served.
 
 Versions: every model of one build gets the same version folder, one above the highest version
-in the repository being replaced, with `version_policy: latest 1`. A server polling the
-repository (or told to reload it) therefore rolls every model to the new build, and each
-response's model_version says which build answered.
+in the repository being replaced; every config serves exactly that version and every ensemble
+step names it, so an ensemble never combines two builds' models, and each response's
+model_version says which build answered. The version the replaced repository served is kept
+beside it, unserved, with a snapshot of its model-folder files: `python -m server rollback`
+returns to it (contract/repository_versions.py describes the layout).
 
 Atomic: everything is written to a hidden folder beside --out and swapped in at the end (an
 atomic exchange where Linux offers it), so a failed or interrupted build leaves the previous
-repository untouched. build.json at the top records what went in.
+repository untouched. build.json at the top records what went in, and the build it replaced.
 """
 from __future__ import annotations
 
@@ -45,14 +47,16 @@ from pathlib import Path
 from build import model_configs as mcfg
 from build.export_torchscript import TorchScriptError, torchscript_for
 from build.model_configs import ServingSpec, mc
-from build.repository_files import (ROOT, building_dir, copy_source, next_version, remove_stale_temps,
-                                    snapshot_training, swap_in, warmup_tensors, write_model_dir)
+from build.repository_files import (ROOT, compile_python, copy_source, next_version, snapshot_training,
+                                    warmup_tensors, write_model_dir)
 from build.repository_inputs import (SUBDIRS, RepositoryError, find_artifact, inspect_onnx, onnx_external_files,
                                      plan_profile_problem, serving_spec)
 from contract import cli
 from contract.bert_config import BertConfig
 from contract.files import sha256_file
 from contract.names import DEFAULT_MAX_LENGTH, TOKENIZER_FILE
+from contract.repository_versions import (BUILD_FILE, README, building_dir, model_dirs, remove_stale_temps,
+                                          retain_previous, snapshot_model_files, swap_tree)
 
 TARGETS = ("cpu", "gpu")
 
@@ -93,6 +97,7 @@ class BuildResult:
     models: list[str]
     ensembles: list[str]
     skipped: dict[str, str]           # ensemble -> why it is not in the repository
+    previous: int | None = None       # the replaced build's version, kept unserved for a rollback
 
     def summary(self) -> str:
         lines = [f"model repository {self.out} (version {self.version}): "
@@ -134,9 +139,10 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     try:
         result = _assemble(tmp, target, checkpoint, spec, onnx_dir, plan_dir, threads, version, log, chunk_rows,
                            postprocess_model)
-        if (out / "README.md").is_file():      # the tracked README lives inside model_repository/
-            shutil.copy2(out / "README.md", tmp / "README.md")
-        swap_in(tmp, out)
+        _keep_previous(out, tmp, version, result, log)
+        if (out / README).is_file():      # the tracked README lives inside model_repository/
+            shutil.copy2(out / README, tmp / README)
+        swap_tree(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -147,8 +153,7 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
 
 def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx_dir, plan_dir,
               threads: int, version: int, log, chunk_rows: int, postprocess_model: bool) -> BuildResult:
-    warmup = warmup_tensors(checkpoint / TOKENIZER_FILE, spec,
-                            BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
+    warmup = warmup_tensors(spec, BertConfig.from_json_file(checkpoint / "config.json").tabular_mean)
     models, ensembles, skipped, artifacts = [], [], {}, {}
     model = None   # our PyTorch model, loaded once when an entry needs it
 
@@ -225,7 +230,8 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
         if not folded:
             post = mcfg.POSTPROCESS if logits_type == mc.TYPE_FP32 else f"{mcfg.POSTPROCESS}_fp16"
             postprocess_types.add((post, logits_type))
-        write_model_dir(root, mcfg.ensemble_config(spec, e.ensemble, e.model, post), version, spec, warmup)
+        write_model_dir(root, mcfg.ensemble_config(spec, e.ensemble, e.model, post, version=version), version,
+                        spec, warmup)
         models.append(e.model)
         ensembles.append(e.ensemble)
         log(f"  {e.ensemble}: {e.model} on {e.runtime} ({artifacts[e.model]})")
@@ -250,10 +256,31 @@ def _assemble(root: Path, target: str, checkpoint: Path, spec: ServingSpec, onnx
         "max_length": spec.max_length, "max_batch_size": spec.max_batch_size,
         "ensembles": ensembles, "models": sorted(models), "artifacts": artifacts, "skipped": skipped,
     }
-    (root / "build.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (root / BUILD_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     for config_path in root.glob("*/config.pbtxt"):   # everything written parses back
         mcfg.parse_config(config_path.read_text(), str(config_path))
     return BuildResult(root, version, sorted(models), ensembles, skipped)
+
+
+def _keep_previous(out: Path, tmp: Path, version: int, result: BuildResult, log) -> None:
+    """Snapshot this build's model-folder files into its version folders, and carry the version the
+    old repository serves into the new tree (unserved) so that a rollback can return to it."""
+    for model_dir in model_dirs(tmp):
+        compile_python(model_dir / str(version))
+        snapshot_model_files(model_dir, version)
+    previous = retain_previous(out, tmp, version) if out.is_dir() else None
+    manifest = json.loads((tmp / BUILD_FILE).read_text())
+    manifest["previous"] = previous
+    if previous is not None:
+        try:
+            old = json.loads((out / BUILD_FILE).read_text())
+        except (OSError, ValueError):
+            old = {"version": previous}
+        old.pop("previous_build", None)
+        manifest["previous_build"] = old
+        log(f"  kept v{previous} (unserved) for `python -m server rollback`")
+    (tmp / BUILD_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    result.previous = previous
 
 
 # ----------------------------------------------------------------------------------------------

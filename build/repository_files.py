@@ -4,25 +4,24 @@
     served code        model.py + a copy of the contract package beside it (a Triton version folder
                        must be self-contained: the server imports nothing from this checkout)
     training snapshot  the training modules the PyTorch model needs, as package `training`
-    versions           one above the highest version of the repository being replaced
-    swap               the finished tree replaces the old one atomically (renameat2 RENAME_EXCHANGE)
+    versions           one above the highest version of the repository being replaced; every config
+                       serves exactly that version, every ensemble step names it, and the previous
+                       build's version is kept (contract/repository_versions.py: the layout, the
+                       carry-over, the atomic swap)
 """
 from __future__ import annotations
 
 import ast
-import ctypes
-import os
+import compileall
 import shutil
 import struct
 from pathlib import Path
 
 import numpy as np
-import psutil
 
 from build import model_configs as mcfg
 from build.model_configs import ServingSpec, mc
-from contract.encoder import TextEncoder, load_tokenizer_file
-from contract.names import CONTRACT_PACKAGE, FEATURES, LABEL_FILE, TEXT
+from contract.names import CONTRACT_PACKAGE, FEATURES, LABEL_FILE, TEXT, TEXT_INPUTS
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = Path(__file__).resolve().parent / "triton_models"
@@ -40,16 +39,20 @@ def serialize_strings(texts: list[str]) -> bytes:
     return out
 
 
-def warmup_tensors(tokenizer_json: Path, spec: ServingSpec, features=None) -> dict[str, bytes]:
-    """Raw bytes of one real warmup sample per input name (one request's worth, batch dim excluded),
-    tokenized by the served encoder and padded to exactly spec.warmup_tokens.
+def warmup_tensors(spec: ServingSpec, features=None) -> dict[str, bytes]:
+    """Raw bytes of one warmup sample per input name (one request's worth, batch dim excluded).
+
+    The tokenizer warms up on a real sentence. The classifier's token tensors name no vocabulary
+    entry but the pad id (spec.warmup_tokens of them, every one attended): Triton keeps one warmup/
+    folder per model, shared by its versions, so while a rollout keeps the previous build loaded
+    beside the new one, a version may warm up on the other build's files, and ids from one
+    vocabulary can be out of range in the other. The compute (shapes, attention) is a real text's.
 
     `features`: a typical raw feature row for tabular models (the training means), else zeros.
     """
     T = spec.warmup_tokens
-    encoder = TextEncoder(load_tokenizer_file(tokenizer_json), T, spec.pad_token_id)
-    arrays = encoder.pad(encoder.tokenize([WARMUP_TEXT]), length=T)
-    data = {k: v[0].astype("<i8").tobytes() for k, v in arrays.items()}
+    ids, mask, types = np.full(T, spec.pad_token_id), np.ones(T), np.zeros(T)
+    data = {k: v.astype("<i8").tobytes() for k, v in zip(TEXT_INPUTS, (ids, mask, types))}
     row = features if features is not None else np.zeros(spec.num_features)
     data[FEATURES] = np.asarray(row, dtype="<f4").tobytes()
     data[TEXT] = serialize_strings([WARMUP_TEXT])
@@ -60,7 +63,9 @@ def warmup_tensors(tokenizer_json: Path, spec: ServingSpec, features=None) -> di
 
 def write_model_dir(root: Path, config: mc.ModelConfig, version: int, spec: ServingSpec,
                     warmup: dict[str, bytes]) -> Path:
-    """config.pbtxt, labels.txt (when an output names it), warmup/ files, an empty version folder."""
+    """config.pbtxt (serving `version` only), labels.txt (when an output names it), warmup/ files, an
+    empty version folder."""
+    mcfg.serve_only(config, version)
     model_dir = root / config.name
     mcfg.write_config(config, model_dir)
     if any(o.label_filename for o in config.output):
@@ -108,47 +113,18 @@ def snapshot_training(version_dir: Path) -> list[str]:
     return modules
 
 
-# ---- versions and the atomic swap ----------------------------------------------------------------
+# ---- versions --------------------------------------------------------------------------------
+
+def compile_python(version_dir: Path) -> None:
+    """Byte-compile a version folder's Python now, with the interpreter the embedded server's stubs
+    run: a stub finds valid .pyc files and writes nothing into the folder it serves (a write would
+    make Triton treat the version as modified and reload it during a rollout)."""
+    if not compileall.compile_dir(str(version_dir), quiet=1, workers=1):
+        raise RuntimeError(f"{version_dir}: Python files that do not compile")
+
 
 def next_version(out: Path) -> int:
     """One above the highest version folder of any model in the repository being replaced."""
     versions = [int(v.name) for m in (out.iterdir() if out.is_dir() else ()) if m.is_dir()
                 for v in m.iterdir() if v.is_dir() and v.name.isdigit()]
     return max(versions, default=0) + 1
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return fn(at_fdcwd, os.fsencode(str(a)), at_fdcwd, os.fsencode(str(b)), rename_exchange) == 0
-
-
-def swap_in(tmp: Path, out: Path) -> None:
-    """Put the finished tmp tree at `out`; the old tree is removed after readers see the new one."""
-    if not out.exists():
-        tmp.rename(out)
-        return
-    if _exchange(tmp, out):        # out is the new tree now, tmp holds the old one
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def building_dir(out: Path) -> Path:
-    """This process's temp tree beside `out`."""
-    return out.parent / f".{out.name}.building-{os.getpid()}"
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Temp trees of builds that were killed (their process is gone)."""
-    for d in out.parent.glob(f".{out.name}.building-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)

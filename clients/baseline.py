@@ -22,6 +22,7 @@ from contract.names import (LABEL_FILE, LOGITS, POSTPROCESS_MODEL, TOKENIZER_FIL
                             composing_model)
 from contract.params import ClassifierParams, PostprocessParams, TokenizerParams
 from contract.postprocess import Postprocess, read_labels
+from contract.repository_versions import served_version
 
 BASELINE_ENSEMBLE = "bert_onnx_fp32"
 
@@ -39,8 +40,12 @@ class ServedFiles:
 
 
 def latest_version(model_dir: Path) -> Path | None:
-    versions = [p for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, key=lambda p: int(p.name)) if versions else None
+    """The version folder the model's config serves: a repository also keeps the previous build's,
+    and after a rollback the served one is not the highest (contract/repository_versions.py)."""
+    if not (model_dir / pbtxt.CONFIG_FILE).is_file():
+        return None
+    version = served_version(model_dir)
+    return model_dir / str(version) if version is not None else None
 
 
 def _params(model_dir: Path, kind):

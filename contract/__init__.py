@@ -20,6 +20,8 @@ imported inside the functions that need them.
     split.py         the 80/10/10 split: make_split, save_split, load_split (the split reader)
     metrics.py       the metrics our served models publish in Triton: names, help, buckets
     pbtxt.py         config.pbtxt <-> ModelConfig (tritonclient's model_config_pb2)
+    repository_versions.py  a model repository's versions: the served one, the previous build kept
+                     beside it with its model-folder files, the atomic swap, the rollback tree
     cli.py           `python -m <stage> <command>`: one shape, errors decided by class
     errors.py        UserError (one line, exit 2), Interrupted (exit 130)
     files.py         atomic file and folder writes, sha256

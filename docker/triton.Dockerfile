@@ -10,7 +10,10 @@ RUN python3 -m pip install --no-cache-dir --no-deps "numpy==1.26.4" "tokenizers=
      && apt-get install -y --no-install-recommends curl && rm -rf /var/lib/apt/lists/*))
 
 COPY docker/triton-entrypoint.sh /usr/local/bin/triton-entrypoint.sh
-RUN chmod 0755 /usr/local/bin/triton-entrypoint.sh
+# the health probe (compose healthcheck, Kubernetes liveness): one real text through every ensemble,
+# since Triton keeps a model READY after its Python stub died; standard library only
+COPY server/probe.py /usr/local/bin/triton-probe
+RUN chmod 0755 /usr/local/bin/triton-entrypoint.sh /usr/local/bin/triton-probe
 # NGC's entrypoint runs first: it sets up CUDA forward compatibility on data-center drivers older
 # than the image's CUDA 12.6, then execs its arguments: ours, which execs tritonserver.
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "/usr/local/bin/triton-entrypoint.sh"]

@@ -1,17 +1,22 @@
-"""python -m server install | serve | up | down | status | admin-key
+"""python -m server install | serve | up | down | status | probe | admin-key | monitor | rollout | rollback
 
     install     copy Triton out of the nvidia-pytriton wheel into .triton/, perf_analyzer and
                 Prometheus into .tools/
-    serve       run Triton in the foreground until Ctrl-C / SIGTERM
-    up          start Triton in the background; returns once it is ready (or fails with its log tail)
+    serve       run Triton in the foreground until Ctrl-C / SIGTERM (it dies with this command)
+    up          start Triton in the background; returns once it is ready (or fails with its log tail);
+                `up --watch SECONDS` then stays to probe it and heal dead Python stubs (server/heal.py)
     down        stop the background server (and the Prometheus `monitor` started) and wait until
                 its ports are free
     monitor     start Prometheus (127.0.0.1:9090) scraping the background server with the rules of
                 deploy/monitoring/, and print what the recording rules compute
     status      pid, ports, readiness and models of the background server (exit 0 ready, 1 not, 3 none)
+    probe       one real text through every ready ensemble (exit 1 naming each that fails: a dead
+                Python stub leaves its model READY, so readiness alone misses it)
     admin-key   print the key for the restricted APIs (header `triton-admin-key`)
     rollout     load a rebuilt repository into a running server (explicit mode) with no failed
-                requests; `rollout --heal` reloads models whose Python stub died
+                requests; a failed load rolls back by itself; `rollout --heal` reloads dead stubs
+    rollback    the repository and the running server return to the previous build
+    drill       rehearse a rollout, a rollback or a killed stub under live traffic (figures)
 
 Ports and paths come from flags, else TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT /
 TRITON_HOST / TRITON_MODEL_REPOSITORY / TRITON_MODEL_CONTROL_MODE / TRITON_STATE_DIR, else defaults
@@ -27,17 +32,18 @@ import urllib.request
 from contract import cli
 from contract import metrics as model_metrics
 from server import install, monitor
+from server import probe as probing
 from server.embedded import (ADMIN_HEADER, CONTROL_MODES, ServerError, ServerSettings, TritonServer,
                              admin_key, log_tail, read_pidfile)
 
 
-def _settings(args):
+def _settings(args, **overrides):
     return ServerSettings.from_env(
         model_repository=args.model_repository, host=args.host, http_port=args.http_port,
         grpc_port=args.grpc_port, metrics_port=args.metrics_port,
         model_control_mode=args.model_control_mode, load_models=args.load_model or None,
         repository_poll_secs=args.repository_poll_secs, exit_timeout_secs=args.exit_timeout_secs,
-        log_verbose=args.log_verbose, state_dir=args.state_dir)
+        log_verbose=args.log_verbose, state_dir=args.state_dir, **overrides)
 
 
 def _print_endpoints(server):
@@ -57,7 +63,7 @@ def _interrupt(signum, frame):
 
 def cmd_serve(args):
     install.install_triton()
-    server = TritonServer(_settings(args))
+    server = TritonServer(_settings(args, die_with_parent=True))
     # SIGTERM (e.g. from `make` or a container runtime) takes the same clean path as Ctrl-C
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -87,19 +93,33 @@ def cmd_up(args):
     settings = _settings(args)
     running = TritonServer.from_pidfile(settings.state_dir)
     if running is not None:
-        if running.ready():
-            print("already up")
-            _print_endpoints(running)
-            return 0
-        raise ServerError(f"a server from {settings.state_dir} is running (pid {running.pid}) but is not "
-                          f"ready; see {running.log_path} or `python -m server down`")
-    server = TritonServer(settings).start()
-    try:
-        server.wait_ready(args.timeout)
-    except BaseException:
-        server.stop()
-        raise
+        if not running.ready():
+            raise ServerError(f"a server from {settings.state_dir} is running (pid {running.pid}) but is not "
+                              f"ready; see {running.log_path} or `python -m server down`")
+        print("already up")
+        server = running
+    else:
+        server = TritonServer(settings).start()
+        try:
+            server.wait_ready(args.timeout)
+        except BaseException:
+            server.stop()
+            raise
     _print_endpoints(server)
+    if args.watch:
+        return _watch(server, args.watch)
+    return 0
+
+
+def _watch(server, interval):
+    from server.heal import Watcher
+
+    watcher = Watcher(server, interval, log=lambda line: print(line, flush=True))
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        watcher.run()
+    except KeyboardInterrupt:
+        print(f"stopped watching; the server keeps running (pid {watcher.server.pid}): `python -m server down`")
     return 0
 
 
@@ -173,6 +193,29 @@ def cmd_monitor(args):
     return 0
 
 
+def cmd_probe(args):
+    settings = ServerSettings.from_env(state_dir=args.state_dir)
+    running = TritonServer.from_pidfile(settings.state_dir)
+    url = args.url or (running.http_url if running else settings.http_url)
+    key = probing.read_key(args.admin_key, args.admin_key_file)
+    if not key:
+        try:
+            key = admin_key(settings.state_dir, create=False)
+        except ServerError:
+            key = None
+    try:
+        results = probing.probe(url, key, args.model, args.timeout, require_ready=not args.ignore_readiness)
+    except probing.ProbeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return probing.report(results)
+
+
+def add_probe_arguments(sp):
+    add_state_dir(sp)
+    probing.add_arguments(sp, default_url="")   # default: the running server's address
+
+
 def cmd_admin_key(args):
     settings = ServerSettings.from_env(state_dir=args.state_dir)
     print(admin_key(settings.state_dir))
@@ -210,18 +253,32 @@ def add_server_arguments(sp):
     sp.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for readiness")
 
 
+def add_up_arguments(sp):
+    add_server_arguments(sp)
+    sp.add_argument("--watch", type=float, metavar="SECONDS",
+                    help="stay and probe the server every SECONDS; reload dead Python stubs (explicit mode) or "
+                         "restart the server (mode none); Ctrl-C stops watching, not the server")
+
+
 COMMANDS = {
     "install": cli.Command("install tritonserver and perf_analyzer into the repository",
                            run=cmd_install, add_arguments=add_install_arguments),
     "serve": cli.Command("run in the foreground", run=cmd_serve, add_arguments=add_server_arguments),
-    "up": cli.Command("start in the background and wait until ready", run=cmd_up, add_arguments=add_server_arguments),
+    "up": cli.Command("start in the background and wait until ready (--watch: then heal it)", run=cmd_up,
+                      add_arguments=add_up_arguments),
     "down": cli.Command("stop the background server", run=cmd_down, add_arguments=add_state_dir),
     "status": cli.Command("show the background server", run=cmd_status, add_arguments=add_state_dir),
+    "probe": cli.Command("one real text through every ready ensemble; exit 1 naming each that fails",
+                         run=cmd_probe, add_arguments=add_probe_arguments),
     "admin-key": cli.Command(f"print the {ADMIN_HEADER} value", run=cmd_admin_key, add_arguments=add_state_dir),
     "monitor": cli.Command("Prometheus with the repository's rules, scraping the background server",
                            run=cmd_monitor, add_arguments=add_monitor_arguments),
     "rollout": cli.Command("load a rebuilt repository into the running server (explicit mode), no failed "
                            "requests; --heal reloads dead stubs", module="server.rollout"),
+    "drill": cli.Command("rehearse a rollout, a rollback or a killed stub under live traffic; print what "
+                         "clients saw", module="server.drill"),
+    "rollback": cli.Command("the repository and the running server return to the previous build",
+                            module="server.rollout", run="run_rollback", add_arguments="add_rollback_arguments"),
 }
 
 

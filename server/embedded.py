@@ -19,6 +19,7 @@ Longer than 400 lines on purpose: the settings, the admin key, the pidfile and t
 are one server's state, read together by `python -m server`, the rollout and the tests.
 """
 
+import ctypes
 import json
 import os
 import re
@@ -92,6 +93,11 @@ class ServerSettings:
     log_verbose: int = 0
     state_dir: Path = DEFAULT_STATE_DIR
     extra_args: tuple = field(default=())
+    # The server gets SIGTERM when the process that started it dies, even by SIGKILL (Linux
+    # PR_SET_PDEATHSIG), and Triton's shutdown ends its Python stubs: no orphans after a test run
+    # or `serve` is killed. Off for `up`, whose server outlives the command by design. The kernel
+    # ties it to the starting *thread*: start such a server from a thread that lives as long as it.
+    die_with_parent: bool = False
 
     @classmethod
     def from_env(cls, **overrides):
@@ -335,6 +341,8 @@ class TritonServer:
         s = self.settings
         info = {"pid": self.pid, "host": s.host, "http_port": s.http_port, "grpc_port": s.grpc_port,
                 "metrics_port": s.metrics_port, "model_repository": str(Path(s.model_repository).resolve()),
+                "model_control_mode": s.model_control_mode, "load_models": list(s.load_models),
+                "exit_on_error": s.exit_on_error, "exit_timeout_secs": s.exit_timeout_secs,
                 "log": str(s.log_path), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_json(s.pid_path, info, indent=1)
 
@@ -344,9 +352,14 @@ class TritonServer:
         info = read_pidfile(state_dir)
         if info is None:
             return None
+        defaults = ServerSettings()
         settings = ServerSettings(model_repository=Path(info["model_repository"]), host=info["host"],
                                   http_port=info["http_port"], grpc_port=info["grpc_port"],
                                   metrics_port=info["metrics_port"],
+                                  model_control_mode=info.get("model_control_mode", defaults.model_control_mode),
+                                  load_models=tuple(info.get("load_models", ())),
+                                  exit_on_error=info.get("exit_on_error", defaults.exit_on_error),
+                                  exit_timeout_secs=info.get("exit_timeout_secs", defaults.exit_timeout_secs),
                                   state_dir=Path(state_dir or DEFAULT_STATE_DIR))
         server = cls(settings)
         server.pid = info["pid"]
@@ -377,7 +390,8 @@ class TritonServer:
             # own session: Ctrl-C in a terminal reaches us, not the server, so we can stop it cleanly;
             # and a final SIGKILL can take the whole group, Python stubs included
             self._proc = subprocess.Popen(cmd, env=self.environment(), stdin=subprocess.DEVNULL,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          preexec_fn=_die_with(os.getpid()) if s.die_with_parent else None)
         self.pid = self._proc.pid
         self._write_pidfile()
         return self
@@ -467,6 +481,17 @@ class TritonServer:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _die_with(parent_pid):
+    """preexec_fn: SIGTERM this child when the starting thread's process dies (even if the parent was
+    SIGKILLed before prctl ran: then the parent id has changed already)."""
+    def arm():
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
 
 
 def read_pidfile(state_dir=None, check_alive=True):

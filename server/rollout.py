@@ -1,159 +1,71 @@
-"""Roll a rebuilt model repository out to a running Triton without failing a request; heal dead stubs.
+"""Roll a rebuilt model repository out to a running Triton, or back to the previous build, without
+failing a request.
 
-    python -m server.rollout                        # serve what the repository holds now
-    python -m server.rollout --dry-run              # only print the plan
-    python -m server.rollout --heal                 # reload models whose Python stub died
-    python -m server.rollout --reload tokenizer     # reload named models from their files
+    python -m server rollout                   # serve what the repository holds now
+    python -m server rollout --dry-run         # only print the plan
+    python -m server rollback                  # the repository and the server return to the previous build
+    python -m server rollout --heal [--watch 10]    # reload models whose Python stub died (server/heal.py)
 
 The server must run with `--model-control-mode explicit` (and `--load-model '*'` to load everything
 at start): `python -m server up --model-control-mode explicit --load-model '*'`. In the default
-mode `none` Triton refuses every load, and the only way to a new build or a dead stub is a restart.
+mode `none` Triton refuses every load, and the only way to another build is a restart.
 
-How a rollout works. `python -m build repository` writes every model of a new build into a version
-folder one above the last (`model/2/`), with `version_policy: latest 1`, and swaps the whole tree in
-atomically; a server in explicit mode does not look at it until told to. This command compares
-what the repository holds with what the server serves (repository index, admin key) and asks the
-server to load each model that changed: the composing models side by side (Triton then reloads
-the ensembles over them), then any ensemble still on its old version. For each load
-Triton reads the new version, loads and warms it while the old version keeps answering, then sends
-new requests to the new version and unloads the old one once its in-flight requests are done.
-No request is refused at any point; for a moment an ensemble may combine a new tokenizer with an
-old classifier (each step resolves "latest" on its own), which is why a change to the ensemble
-contract (inputs, outputs, label count) is refused: roll those out under a new name or restart.
-Models no longer in the repository are unloaded at the end, ensembles first.
+The repository (contract/repository_versions.py): every model of build N has version folder N,
+its config serves exactly N and every ensemble step names N; the build it replaced, P, stays on
+disk unserved. So an ensemble never pairs one build's tokenizer with another's classifier: it
+can only call its own build's versions. A swap from P to N keeps that true at every instant:
 
-Healing. When a Python-backend stub dies (killed, out of memory), Triton 2.51 does not restart it:
-the model stays READY in the index and every request to it fails with HTTP 500 "Stub process
-'<model>_0_0' is not healthy" after about a second. `--heal` sends one probe request to every ready
-ensemble, reads which model's stub is dead from that error, and reloads that model from its
-files (Triton only reloads a model whose files changed, so its version folder's mtime is bumped
-first); a new stub answers within seconds, and clients that retry (clients/classify.py does, with
-backoff) never see the outage. `--heal --watch 10` does that every 10 seconds.
+  1. overlap   each composing model (tokenizer, classifiers, postprocess) is loaded serving P and
+               N side by side (its config on disk names both for the moment): Triton loads and
+               warms up N, and reloads P in the background (its folder was carried into a new
+               tree, which Triton's timestamps see as modified) while the loaded P keeps
+               answering. The ensembles still call P.
+  2. switch    each ensemble is loaded from its new config, which calls N: new requests go to
+               build N, requests in flight finish on build P.
+  3. settle    the composing configs are restored to N only: Triton unloads P once its in-flight
+               requests are done.
+Triton keeps one set of model-folder files per model (config, labels, warmup): P's reload uses
+N's, and where they differ (a parameter, say) the plan says so; vocabularies, weights and code
+live in the version folders and stay each build's own. An ensemble
+whose inputs, outputs or labels change is refused (clients would see the contract change
+mid-stream): deploy it under a new name, or restart. Models gone from the repository are
+unloaded at the end, ensembles first.
 
-Everything here uses the restricted repository API, so it needs the admin key (the running
-server's .triton/admin_key, $TRITON_ADMIN_KEY or --admin-key); inference needs none.
+A load that fails part-way (a new model that does not load) rolls back by itself: the repository
+returns to the previous build, the server is rolled out to it, and the command fails saying so.
+`rollback` does the same on request: the repository's v<P> snapshot files go back in place (an
+atomic swap), and the server is rolled out to them. It rolls back one build: the build it leaves
+stays on disk, unserved, until the next build replaces it.
 
-Longer than 400 lines on purpose: the plan (what changed on disk), its execution against the
-server and the healing share the repository reader and the admin HTTP calls, and read as one story.
+Everything here rewrites files of the repository and uses the restricted repository API, so it
+needs a writable repository and the admin key (server/admin.py).
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import re
 import sys
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import cli, pbtxt
-from contract.errors import UserError
-from server.embedded import (ADMIN_HEADER, DEFAULT_STATE_DIR, ServerError, ServerSettings, TritonServer,
-                             admin_key)
+from contract.files import atomic_write_text
+from contract.names import LABEL_FILE
+from contract.repository_versions import (SNAPSHOT, RepositoryVersionError, has_snapshot, model_files,
+                                          plan_rollback, same_files, selected_versions, version_folders,
+                                          write_rollback)
+from server.admin import Admin, LoadRefused, RolloutError, add_target_arguments, repository, target
 
-PROBE_TEXT = "rollout probe: is every model of this ensemble answering?"
-_DEAD_STUB = re.compile(r"Stub process '([^']+)' is not healthy")
-_REFUSED = "not allowed if polling is enabled"     # Triton's words for load/unload in modes none and poll
-
-
-class RolloutError(UserError, RuntimeError):
-    """The rollout (or heal) cannot go on; the message says why and what to do."""
+__all__ = ["Admin", "RolloutError", "rollout", "rollback", "read_repository", "make_plan"]
 
 
-# ----------------------------------------------------------------------------------------------
-# the server's admin side, over plain HTTP
+class LoadFailed(RolloutError):
+    """A load failed while the rollout was under way (models of both builds may be loaded)."""
 
-class Admin:
-    """The few Triton HTTP endpoints a rollout needs; every call has a timeout."""
 
-    def __init__(self, url: str, key: str | None, timeout: float = 300.0):
-        self.base = "http://" + re.sub(r"^https?://", "", url).rstrip("/")
-        self.key, self.timeout = key, timeout
-
-    def _request(self, method, path, body=None, admin=False, timeout=None):
-        headers = {"Content-Type": "application/json"}
-        if admin and self.key:
-            headers[ADMIN_HEADER] = self.key
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as r:
-                text = r.read()
-                return r.status, json.loads(text) if text else {}
-        except urllib.error.HTTPError as e:
-            text = e.read().decode(errors="replace")
-            try:
-                message = json.loads(text).get("error", text)
-            except ValueError:
-                message = text
-            if e.code == 403 and "restricted" in message:
-                raise RolloutError(f"{self.base}{path} needs the admin key ({message}): pass --admin-key, set "
-                                   "TRITON_ADMIN_KEY, or --state-dir of the server (`python -m server admin-key`)")
-            return e.code, {"error": message}
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise RolloutError(f"Triton at {self.base} is unreachable ({reason}); is it running? "
-                               "(`python -m server status`)") from None
-
-    def index(self) -> list[dict]:
-        status, doc = self._request("POST", "/v2/repository/index", {}, admin=True)
-        if status != 200:
-            raise RolloutError(f"repository index on {self.base}: HTTP {status}: {doc.get('error')}")
-        return doc
-
-    def served(self) -> dict[str, set[int]]:
-        """model -> versions READY now."""
-        out: dict[str, set[int]] = {}
-        for m in self.index():
-            if m.get("state") == "READY" and str(m.get("version", "")).isdigit():
-                out.setdefault(m["name"], set()).add(int(m["version"]))
-        return out
-
-    def _control(self, action, name, timeout):
-        status, doc = self._request("POST", f"/v2/repository/models/{name}/{action}", {}, admin=True,
-                                    timeout=timeout)
-        if status == 200:
-            return
-        error = doc.get("error", "")
-        if _REFUSED in error:
-            raise RolloutError(f"the server at {self.base} refuses to {action} models: it runs with "
-                               "--model-control-mode none (or poll). Restart it in explicit mode: "
-                               "`python -m server up --model-control-mode explicit --load-model '*'`, "
-                               "or restart it to serve the new files (`make down up`)")
-        raise RolloutError(f"{action} {name!r} on {self.base} failed (HTTP {status}): {error}")
-
-    def load(self, name, timeout=None):
-        self._control("load", name, timeout)
-
-    def unload(self, name, timeout=None):
-        self._control("unload", name, timeout)
-
-    def config(self, name) -> dict:
-        status, doc = self._request("GET", f"/v2/models/{name}/config")
-        if status != 200:
-            raise RolloutError(f"config of {name!r} on {self.base}: HTTP {status}: {doc.get('error')}")
-        return doc
-
-    def probe(self, name, config: dict) -> str | None:
-        """One inference with placeholder inputs; None if it answered, else the server's error."""
-        inputs = []
-        for i in config.get("input", []):
-            dims = [1 if d == -1 else int(d) for d in i.get("dims", [])]
-            shape = ([1] if config.get("max_batch_size", 0) else []) + dims
-            n = 1
-            for d in shape:
-                n *= d
-            dtype = i["data_type"].replace("TYPE_", "")
-            if dtype == "STRING":
-                inputs.append({"name": i["name"], "shape": shape, "datatype": "BYTES", "data": [PROBE_TEXT] * n})
-            else:
-                inputs.append({"name": i["name"], "shape": shape, "datatype": dtype, "data": [0] * n})
-        status, doc = self._request("POST", f"/v2/models/{name}/infer", {"inputs": inputs}, timeout=60)
-        return None if status == 200 else f"HTTP {status}: {doc.get('error')}"
+class RolledBack(RolloutError):
+    """A rollout failed part-way and was rolled back: the server serves the previous build again."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -166,6 +78,7 @@ class DiskModel:
     ensemble: bool
     steps: list[str] = field(default_factory=list)
     config: object = None           # its ModelConfig message
+    path: Path | None = None        # its folder
 
 
 def read_repository(repo: Path) -> dict[str, DiskModel]:
@@ -175,19 +88,10 @@ def read_repository(repo: Path) -> dict[str, DiskModel]:
     models = {}
     for cfg_path in sorted(repo.glob(f"*/{pbtxt.CONFIG_FILE}")):
         config = pbtxt.read(cfg_path)
-        folders = sorted(int(p.name) for p in cfg_path.parent.iterdir() if p.is_dir() and p.name.isdigit())
-        policy = config.version_policy
-        kind = policy.WhichOneof("policy_choice")
-        if kind == "all":
-            versions = set(folders)
-        elif kind == "specific":
-            versions = set(folders) & set(policy.specific.versions)
-        else:                                   # Triton's default: latest 1
-            n = policy.latest.num_versions if kind == "latest" else 1
-            versions = set(folders[-max(1, n):])
+        versions = selected_versions(config, version_folders(cfg_path.parent))
         name = config.name or cfg_path.parent.name
         steps = [s.model_name for s in config.ensemble_scheduling.step]
-        models[name] = DiskModel(name, versions, config.platform == "ensemble", steps, config)
+        models[name] = DiskModel(name, versions, config.platform == "ensemble", steps, config, cfg_path.parent)
     if not models:
         raise RolloutError(f"{repo} holds no model (no */config.pbtxt)")
     return models
@@ -207,19 +111,23 @@ def _disk_signature(config) -> list:
 
 
 # ----------------------------------------------------------------------------------------------
-# the plan and its execution
+# the plan
 
 @dataclass
 class Plan:
     load: list[str]                  # in order: composing models, then ensembles
     unload: list[str]                # served but gone from the repository: ensembles first
     changes: dict[str, tuple]        # model -> (served versions, versions on disk)
+    shared_changes: dict[str, list[str]] = field(default_factory=dict)   # model -> files P reloads under
 
     def describe(self) -> str:
         if not self.load and not self.unload:
             return "nothing to roll out: the server already serves every model at the repository's versions"
         lines = [f"load {m}: {_v(self.changes[m][0])} -> {_v(self.changes[m][1])}" for m in self.load]
         lines += [f"unload {m}: {_v(self.changes[m][0])} (no longer in the repository)" for m in self.unload]
+        lines += [f"note {m}: {_v(self.changes[m][0])} reloads under the new build's {', '.join(files)} while both "
+                  "are loaded (Triton keeps one set of model-folder files per model)"
+                  for m, files in self.shared_changes.items()]
         return "\n".join(lines)
 
 
@@ -235,22 +143,62 @@ def make_plan(disk: dict[str, DiskModel], served: dict[str, set[int]], is_ensemb
     unload = sorted(gone, key=lambda n: (not is_ensemble(n), n))   # an ensemble before its steps
     changes = {m.name: (served.get(m.name, set()), m.versions) for m in changed}
     changes.update({n: (served[n], set()) for n in gone})
-    return Plan(load, unload, changes)
+    plan = Plan(load, unload, changes)
+    for m in changed:
+        if not m.ensemble and len(served.get(m.name, ())) == 1:
+            files = _shared_changes(m, next(iter(served[m.name])))
+            if files:
+                plan.shared_changes[m.name] = files
+    return plan
+
+
+def _without_version_choice(config):
+    config = type(config).FromString(config.SerializeToString())
+    config.ClearField("version_policy")
+    config.ClearField("instance_group")        # Triton updates instance counts in place too
+    return config
+
+
+def _shared_changes(model: DiskModel, served_version: int) -> list[str]:
+    """The model-folder files of the served version (its snapshot) that differ from the repository's now."""
+    snapshot = model.path / str(served_version) / SNAPSHOT
+    if not has_snapshot(model.path, served_version):
+        return []
+    differ = []
+    for path in model_files(model.path):
+        old = snapshot / path.name
+        if path.name == pbtxt.CONFIG_FILE:
+            if _without_version_choice(pbtxt.read(old)) != _without_version_choice(model.config):
+                differ.append(path.name)
+        elif not old.exists() or not same_files(path, old):
+            differ.append(path.name)
+    return differ
 
 
 def check_contracts(admin: Admin, disk: dict[str, DiskModel], plan: Plan) -> None:
-    """Refuse to swap an ensemble whose inputs/outputs change: old and new steps would be mixed."""
+    """Refuse to swap an ensemble whose inputs/outputs/labels change: clients would see both mid-stream."""
     for name in plan.load:
         model = disk[name]
-        if not model.ensemble or not plan.changes[name][0]:
+        served_versions = plan.changes[name][0]
+        if not model.ensemble or not served_versions:
             continue
         served = _signature(admin.config(name))
+        change = None
         if served != _disk_signature(model.config):
-            raise RolloutError(f"ensemble {name!r} changes its inputs/outputs/max_batch_size (served {served}, "
-                               f"repository {_disk_signature(model.config)}); a rolling swap would mix old and "
-                               "new steps: deploy it under a new name, or restart the server (--allow-contract-change "
-                               "to swap anyway)")
+            change = f"its inputs/outputs/max_batch_size (served {served}, repository {_disk_signature(model.config)})"
+        else:
+            for v in served_versions:
+                old, new = model.path / str(v) / SNAPSHOT / LABEL_FILE, model.path / LABEL_FILE
+                if old.is_file() and new.is_file() and old.read_text() != new.read_text():
+                    change = f"its labels ({LABEL_FILE}: {old.read_text().split()} -> {new.read_text().split()})"
+        if change:
+            raise RolloutError(f"ensemble {name!r} changes {change}; a rolling swap would answer in both contracts: "
+                               "deploy it under a new name, or restart the server (--allow-contract-change to "
+                               "swap anyway)")
 
+
+# ----------------------------------------------------------------------------------------------
+# the execution
 
 def _wait_settled(admin: Admin, deadline: float) -> list[str]:
     """Wait until no model is UNLOADING (old versions leave once idle); names still unloading at the deadline."""
@@ -261,163 +209,184 @@ def _wait_settled(admin: Admin, deadline: float) -> list[str]:
         time.sleep(0.2)
 
 
-def rollout(admin: Admin, repo: Path, timeout: float = 600.0, dry_run: bool = False,
-            allow_contract_change: bool = False, parallel: int = 4, log=print) -> dict:
-    """Make the server serve what `repo` holds; returns a summary (what changed, seconds, leftovers)."""
+def _overlap_text(model: DiskModel, keep: set[int]) -> str:
+    config = type(model.config).FromString(model.config.SerializeToString())
+    config.version_policy.Clear()
+    config.version_policy.specific.versions.extend(sorted(keep | model.versions))
+    return pbtxt.to_text(config)
+
+
+def _execute(admin: Admin, disk: dict[str, DiskModel], plan: Plan, deadline: float, parallel: int, log) -> dict:
+    summary = {"loaded": {}, "unloaded": [], "still_unloading": []}
+    served = admin.served()
+    originals: dict[str, str] = {}          # composing model -> its config text, while it names two builds
+
+    def left():
+        return max(1.0, deadline - time.monotonic())
+
+    def load(name, expect):
+        t = time.monotonic()
+        admin.load(name, timeout=left())
+        now = admin.served().get(name, set())
+        if not expect <= now:
+            raise RolloutError(f"after loading {name!r} the server serves {_v(now)}, expected {_v(expect)}; "
+                               "see the server log")
+        return time.monotonic() - t
+
+    def overlap(name):
+        model = disk[name]
+        keep = {v for v in served.get(name, set()) - model.versions if (model.path / str(v)).is_dir()}
+        if keep:
+            config_path = model.path / pbtxt.CONFIG_FILE
+            originals[name] = config_path.read_text()
+            atomic_write_text(config_path, _overlap_text(model, keep))
+        seconds = load(name, model.versions | keep)
+        summary["loaded"][name] = {"from": sorted(plan.changes[name][0]), "to": sorted(model.versions),
+                                   "seconds": round(seconds, 2)}
+        log(f"  {name}: {_v(model.versions | keep)} loaded ({seconds:.1f} s)")
+
+    def settle(name):
+        atomic_write_text(disk[name].path / pbtxt.CONFIG_FILE, originals.pop(name))
+        load(name, disk[name].versions)
+        log(f"  {name}: {_v(disk[name].versions)} only")
+
+    composing = [n for n in plan.load if not disk[n].ensemble]
+    try:
+        with ThreadPoolExecutor(max(1, parallel)) as pool:
+            list(pool.map(overlap, composing))
+        for name in plan.load:
+            if disk[name].ensemble:
+                seconds = load(name, disk[name].versions)
+                summary["loaded"][name] = {"from": sorted(plan.changes[name][0]),
+                                           "to": sorted(disk[name].versions), "seconds": round(seconds, 2)}
+                log(f"  {name}: now calls {_v(disk[name].versions)} ({seconds:.1f} s)")
+        with ThreadPoolExecutor(max(1, parallel)) as pool:
+            list(pool.map(settle, list(originals)))
+    finally:
+        for name, text in originals.items():      # never leave a config naming two builds on disk
+            atomic_write_text(disk[name].path / pbtxt.CONFIG_FILE, text)
+    for name in plan.unload:
+        admin.unload(name, timeout=left())
+        summary["unloaded"].append(name)
+        log(f"  {name}: unloaded")
+    summary["still_unloading"] = _wait_settled(admin, deadline)
+    return summary
+
+
+def _rollout_once(admin: Admin, repo: Path, timeout: float, dry_run: bool, allow_contract_change: bool,
+                  parallel: int, log) -> dict:
     start = time.monotonic()
-    deadline = start + timeout
     disk = read_repository(repo)
-    plan = make_plan(disk, admin.served(),
-                     lambda name: admin.config(name).get("platform") == "ensemble")
+    plan = make_plan(disk, admin.served(), lambda name: admin.config(name).get("platform") == "ensemble")
     log(plan.describe())
     summary = {"loaded": {}, "unloaded": [], "seconds": 0.0, "still_unloading": []}
     if dry_run or (not plan.load and not plan.unload):
         return summary
     if not allow_contract_change:
         check_contracts(admin, disk, plan)
-
-    def load(name):
-        t = time.monotonic()
-        # reloading a composing model reloads the ensembles over it; loading an ensemble would
-        # reload every composing model once more (new stubs for nothing), so skip those already done
-        if not (disk[name].ensemble and admin.served().get(name, set()) == disk[name].versions):
-            admin.load(name, timeout=max(1.0, deadline - time.monotonic()))
-        now = admin.served().get(name, set())
-        if not disk[name].versions <= now:
-            raise RolloutError(f"after loading {name!r} the server serves {_v(now)}, expected "
-                               f"{_v(disk[name].versions)}; see the server log")
-        summary["loaded"][name] = {"from": sorted(plan.changes[name][0]), "to": sorted(disk[name].versions),
-                                   "seconds": round(time.monotonic() - t, 2)}
-        log(f"  {name}: now {_v(disk[name].versions)} ({time.monotonic() - t:.1f} s)")
-
-    # composing models side by side (Triton loads up to --model-load-thread-count, 4, at once),
-    # then the ensembles, whose steps are all new by then
-    composing = [n for n in plan.load if not disk[n].ensemble]
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
-        list(pool.map(load, composing))
-    for name in plan.load:
-        if disk[name].ensemble:
-            load(name)
-    for name in plan.unload:
-        admin.unload(name, timeout=max(1.0, deadline - time.monotonic()))
-        summary["unloaded"].append(name)
-        log(f"  {name}: unloaded")
-    summary["still_unloading"] = _wait_settled(admin, deadline)
+    try:
+        summary.update(_execute(admin, disk, plan, start + timeout, parallel, log))
+    except LoadRefused:
+        raise
+    except RolloutError as e:
+        raise LoadFailed(str(e)) from None
     summary["seconds"] = round(time.monotonic() - start, 2)
     if summary["still_unloading"]:
         log(f"still draining after {timeout:.0f} s: {', '.join(summary['still_unloading'])}")
     return summary
 
 
-def reload(admin: Admin, repo: Path, names: list[str], timeout: float = 300.0, log=print) -> dict:
-    """Reload models from their files (a new Python stub each), even when nothing changed on disk."""
-    disk = read_repository(repo)
-    served = admin.served()
-    deadline = time.monotonic() + timeout
-    took = {}
-    for name in names:
-        if name not in disk:
-            raise RolloutError(f"{name!r} is not in the repository {repo}; models there: {', '.join(sorted(disk))}")
-        # Triton reloads only a model whose files look modified: bump the version folders' mtime
-        for v in served.get(name, set()) | disk[name].versions:
-            folder = Path(repo) / name / str(v)
-            if folder.is_dir():
-                os.utime(folder)
-        t = time.monotonic()
-        admin.load(name, timeout=max(1.0, deadline - time.monotonic()))
-        took[name] = round(time.monotonic() - t, 2)
-        log(f"reloaded {name} ({took[name]:.1f} s)")
-    return took
+def rollout(admin: Admin, repo: Path, timeout: float = 600.0, dry_run: bool = False,
+            allow_contract_change: bool = False, parallel: int = 4, auto_rollback: bool = True, log=print) -> dict:
+    """Make the server serve what `repo` holds; returns a summary (what changed, seconds, leftovers).
+    A failed load rolls the repository and the server back to the previous build (RolledBack)."""
+    repo = Path(repo)
+    try:
+        return _rollout_once(admin, repo, timeout, dry_run, allow_contract_change, parallel, log)
+    except LoadFailed as failure:
+        if not auto_rollback:
+            raise
+        log(f"rollout failed: {failure}")
+        try:
+            back = plan_rollback(repo)
+        except RepositoryVersionError as e:
+            raise RolloutError(f"{failure}\nno rollback possible: {e}") from None
+        log(f"rolling back: {back.describe()}")
+        write_rollback(back)
+        try:
+            _rollout_once(admin, repo, timeout, False, True, parallel, log)
+        except RolloutError as e:
+            raise RolloutError(f"rollout of v{back.from_version} failed ({failure}), and so did the rollback to "
+                               f"v{back.to_version}: {e}") from None
+        log(f"note: Triton keeps the failed load on record, so with strict readiness (the default) "
+            f"/v2/health/ready stays false until v{back.from_version} loads or the server restarts; every model "
+            "serves meanwhile")
+        raise RolledBack(f"rollout of v{back.from_version} failed and was rolled back: the server and {repo} serve "
+                         f"v{back.to_version} again (v{back.from_version} stays on disk, unserved). Cause: {failure}"
+                         ) from None
 
 
-def _model_of_instance(instance: str, names) -> str | None:
-    """'bert_onnx_fp32_model_0_0' -> 'bert_onnx_fp32_model' (the longest model name it starts with)."""
-    found = [n for n in names if instance == n or instance.startswith(n + "_")]
-    return max(found, key=len) if found else None
-
-
-def heal(admin: Admin, repo: Path, rounds: int = 5, timeout: float = 300.0, log=print) -> dict:
-    """Probe every ready ensemble; reload each model whose stub is dead; repeat until all answer."""
-    start = time.monotonic()
-    disk = read_repository(repo)
-    healed, failing = [], {}
-    for _ in range(rounds):
-        served = admin.served()
-        failing = {}
-        for name in sorted(n for n in served if n in disk and disk[n].ensemble):
-            error = admin.probe(name, admin.config(name))
-            if error is not None:
-                failing[name] = error
-        if not failing:
-            break
-        dead = set()
-        for name, error in failing.items():
-            m = _DEAD_STUB.search(error)
-            model = _model_of_instance(m.group(1), served) if m else None
-            if model is None:
-                raise RolloutError(f"ensemble {name!r} fails for another reason than a dead stub: {error}")
-            dead.add(model)
-        for model in sorted(dead):
-            log(f"{model}: Python stub is dead; reloading")
-        reload(admin, repo, sorted(dead), timeout=max(1.0, timeout - (time.monotonic() - start)), log=log)
-        healed += sorted(dead)
-    if failing:
-        raise RolloutError(f"still failing after {rounds} rounds: " + "; ".join(f"{k}: {v}" for k, v in failing.items()))
-    return {"healed": healed, "seconds": round(time.monotonic() - start, 2)}
+def rollback(admin: Admin | None, repo: Path, timeout: float = 600.0, parallel: int = 4, log=print) -> dict:
+    """The repository returns to its previous build (atomic swap), then the server is rolled out to it."""
+    plan = plan_rollback(Path(repo))
+    log(f"rollback {plan.describe()}")
+    write_rollback(plan)
+    result = {"from": plan.from_version, "to": plan.to_version, "models": plan.models, "dropped": plan.dropped}
+    if admin is not None:
+        result.update(_rollout_once(admin, Path(repo), timeout, False, True, parallel, log))
+    return result
 
 
 # ----------------------------------------------------------------------------------------------
 # command line
 
-def _target(args):
-    """URL, repository and admin key: flags, else the running server's pidfile/state, else defaults."""
-    state_dir = Path(args.state_dir or os.environ.get("TRITON_STATE_DIR") or DEFAULT_STATE_DIR)
-    running = TritonServer.from_pidfile(state_dir)
-    settings = running.settings if running else ServerSettings.from_env(state_dir=state_dir)
-    url = args.url or settings.http_url
-    repo = Path(args.model_repository) if args.model_repository else Path(settings.model_repository)
-    key = args.admin_key or os.environ.get("TRITON_ADMIN_KEY")
-    if not key:
-        try:
-            key = admin_key(state_dir, create=False)
-        except ServerError as e:
-            raise RolloutError(f"no admin key for the repository API: {e}") from None
-    return Admin(url, key, timeout=args.timeout), repo
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", help="server HTTP address (default: the running server's, else 127.0.0.1:8000)")
-    p.add_argument("--model-repository", help="the repository the server reads (default: the running server's)")
-    p.add_argument("--state-dir", help="the server's state folder: pidfile and admin key (default .triton)")
-    p.add_argument("--admin-key", help="key for the repository API (default $TRITON_ADMIN_KEY or the state folder's)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds for the whole operation (default 600)")
+    add_target_arguments(p)
     p.add_argument("--dry-run", action="store_true", help="print what would be loaded/unloaded, change nothing")
     p.add_argument("--parallel", type=int, default=4, help="composing models loaded at once (default 4)")
     p.add_argument("--allow-contract-change", action="store_true",
-                   help="swap ensembles even if their inputs/outputs change (requests may fail meanwhile)")
-    p.add_argument("--heal", action="store_true", help="reload models whose Python stub died")
+                   help="swap ensembles even if their inputs/outputs/labels change")
+    p.add_argument("--no-auto-rollback", action="store_true",
+                   help="leave a failed rollout where it stopped instead of returning to the previous build")
+    p.add_argument("--heal", action="store_true", help="reload models whose Python stub died (server/heal.py)")
     p.add_argument("--watch", type=float, metavar="SECONDS", help="with --heal: repeat every SECONDS until Ctrl-C")
     p.add_argument("--reload", action="append", metavar="MODEL", help="reload this model from its files (repeatable)")
 
 
 def run(args) -> int:
     """`python -m server rollout ...` (server/__main__.py calls add_arguments and run)."""
-    admin, repo = _target(args)
+    from server import heal
+
+    admin, repo = target(args)
     if args.reload:
-        reload(admin, repo, args.reload, timeout=args.timeout)
+        heal.reload(admin, repo, args.reload, timeout=args.timeout)
     elif args.heal:
-        while True:
-            result = heal(admin, repo, timeout=args.timeout)
-            if not args.watch:
-                print("every ensemble answers" + (f"; reloaded {', '.join(result['healed'])}"
-                                                  if result["healed"] else ""))
-                break
-            time.sleep(args.watch)
+        heal.heal_loop(admin, repo, interval=args.watch, timeout=args.timeout)
     else:
         summary = rollout(admin, repo, timeout=args.timeout, dry_run=args.dry_run,
-                          allow_contract_change=args.allow_contract_change, parallel=args.parallel)
+                          allow_contract_change=args.allow_contract_change, parallel=args.parallel,
+                          auto_rollback=not args.no_auto_rollback)
         if summary["loaded"] or summary["unloaded"]:
             print(f"rolled out in {summary['seconds']:.1f} s")
+    return 0
+
+
+def add_rollback_arguments(p: argparse.ArgumentParser) -> None:
+    add_target_arguments(p)
+    p.add_argument("--parallel", type=int, default=4, help="composing models loaded at once (default 4)")
+    p.add_argument("--repository-only", action="store_true",
+                   help="only swap the repository back (no server, or one to restart yourself)")
+
+
+def run_rollback(args) -> int:
+    """`python -m server rollback ...`"""
+    admin, repo = (None, repository(args)) if args.repository_only else target(args)
+    try:
+        result = rollback(admin, repo, timeout=args.timeout, parallel=args.parallel)
+    except LoadRefused as e:
+        raise RolloutError(f"{repo} is rolled back, but {e}") from None
+    where = "the repository" + (" and the server" if admin is not None else "")
+    print(f"rolled back: {where} serve v{result['to']} (v{result['from']} stays on disk, unserved)")
     return 0
 
 

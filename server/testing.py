@@ -41,8 +41,10 @@ def free_ports(n, host="127.0.0.1"):
 
 
 def settings_on_free_ports(model_repository, state_dir, **overrides):
-    """ServerSettings on fresh ports with its own state folder (never the user's .triton/)."""
+    """ServerSettings on fresh ports with its own state folder (never the user's .triton/); the server
+    dies with the process that starts it (a killed test run leaves no server behind)."""
     http, grpc, metrics = free_ports(3)
+    overrides.setdefault("die_with_parent", True)
     return ServerSettings(model_repository=Path(model_repository), state_dir=Path(state_dir),
                           http_port=http, grpc_port=grpc, metrics_port=metrics, **overrides)
 

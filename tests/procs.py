@@ -2,22 +2,10 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import psutil
 
-
-def python_stubs(server_pid: int) -> dict[int, str]:
-    """{pid: model name} of the server's Python-backend stubs (argv[1] is <repo>/<model>/<v>/model.py)."""
-    stubs = {}
-    for child in psutil.Process(server_pid).children():
-        try:
-            argv = child.cmdline()
-        except psutil.Error:       # gone since it was listed
-            continue
-        if argv and argv[0].endswith("triton_python_backend_stub"):
-            stubs[child.pid] = Path(argv[1]).parent.parent.name
-    return stubs
+from server.drill import python_stubs  # noqa: F401 (the tests' name for it)
 
 
 def _address(ip: str, port: int) -> str:

@@ -87,19 +87,24 @@ def test_error_policy_is_explicit(compose):
 
 
 def test_repository_mounted_read_only(compose):
+    """The folder above the repository: a build swaps a new tree in at the path, and a mount of the
+    repository folder itself would keep the old tree (tests/test_repository_mount.py)."""
     triton = compose["services"]["triton"]
-    mounts = [v for v in triton["volumes"] if v["target"] == "/models"]
-    assert len(mounts) == 1
-    assert mounts[0]["source"] == "./model_repository" and mounts[0]["read_only"] is True
-    assert "--model-repository=/models" in triton["command"]
-    # nothing else of the host is writable by the server
+    (mount,) = [v for v in triton["volumes"] if v["target"] == "/workspace"]
+    assert mount["source"] == "." and mount["read_only"] is True
+    assert "--model-repository=/workspace/model_repository" in triton["command"]
+    assert not [v for v in triton["volumes"] if "model_repository" in v["source"]]
+    # nothing of the host is writable by the server
     assert all(v.get("read_only") for v in triton["volumes"])
 
 
-def test_healthcheck_polls_readiness(compose):
+def test_healthcheck_sends_a_real_text_after_readiness(compose):
+    """server/probe.py, copied into the image: readiness first (unless --ignore-readiness), then one
+    text per ensemble, because a dead Python stub leaves its model READY."""
     hc = compose["services"]["triton"]["healthcheck"]
-    assert hc["test"][0] == "CMD" and "curl" in hc["test"]
-    assert "http://localhost:8000/v2/health/ready" in hc["test"]
+    assert hc["test"][:2] == ["CMD", "triton-probe"] and "--ignore-readiness" not in hc["test"]
+    assert "COPY server/probe.py /usr/local/bin/triton-probe" in (ROOT / "docker/triton.Dockerfile").read_text()
+    assert float(hc["timeout"].rstrip("s")) > float(hc["test"][hc["test"].index("--timeout") + 1])
     assert compose["services"]["locust"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 

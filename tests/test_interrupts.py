@@ -161,4 +161,5 @@ def test_build_interrupted_midway_leaves_the_previous_repository_intact(built, c
     assert code == 0, err[-2000:]
     assert "(version 2)" in out
     assert not list(repo.parent.glob(f".{repo.name}.building-*"))
-    assert sorted(p.name for p in (repo / "tokenizer").iterdir() if p.name.isdigit()) == ["2"]
+    # v2 served, v1 (the build it replaced) kept unserved for a rollback
+    assert sorted(p.name for p in (repo / "tokenizer").iterdir() if p.name.isdigit()) == ["1", "2"]

@@ -116,7 +116,7 @@ def test_overlay_validates_against_the_kubernetes_schemas(rendered, overlay, ver
 
 def test_the_validator_rejects_a_broken_deployment(rendered):
     broken = copy.deepcopy(by_kind(rendered["cpu"])["Deployment"])
-    broken["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["paht"] = "/x"
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/x"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(broken, VERSIONS[0], strict=True)
 
@@ -235,9 +235,18 @@ def test_security_probes_rollout_and_disruption(rendered, overlay):
         assert sc["readOnlyRootFilesystem"] is True, c["name"]
         assert c["resources"]["limits"]["memory"] and c["resources"]["requests"]["cpu"], c["name"]
     (triton,) = pod["containers"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         assert triton[probe]["httpGet"]["port"] == "http", probe
     assert triton["startupProbe"]["periodSeconds"] * triton["startupProbe"]["failureThreshold"] >= 120
+    # a failed model keeps readiness false: only readiness may look at it, or the pod restarts in a loop
+    assert triton["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert triton["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # liveness sends a real text (a dead Python stub leaves its model READY) with what the image has
+    probe = triton["livenessProbe"]["exec"]["command"]
+    assert probe[0] == "triton-probe" and "--ignore-readiness" in probe
+    image = "overlays/cpu/triton-cpu.Dockerfile" if overlay == "cpu" else "../../docker/triton.Dockerfile"
+    assert "COPY server/probe.py /usr/local/bin/triton-probe" in (K8S / image).read_text()
+    assert triton["livenessProbe"]["timeoutSeconds"] > float(probe[probe.index("--timeout") + 1])
     # zero-downtime rollouts: no pod goes before its replacement is ready, and a stopping pod is
     # out of the Service before SIGTERM and then has time for its in-flight requests
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0

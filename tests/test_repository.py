@@ -4,6 +4,7 @@ The tiny checkpoint (a WordPiece tokenizer made with `tokenizers`, a 2-layer BER
 save_pretrained) is also what tests/test_triton_cpu.py serves with the real Triton server.
 """
 import json
+import shutil
 import struct
 import sys
 from pathlib import Path
@@ -56,7 +57,8 @@ def test_cpu_repository_layout(tiny, tmp_path):
     for name in ("tokenizer", "bert_pytorch_fp32_model", "bert_onnx_fp32_model", "bert_onnx_int8_model",
                  "bert_onnx_int8dyn_model"):
         assert (out / name / "1" / "model.py").is_file(), name
-        assert sorted(p.name for p in (out / name / "1" / "contract").iterdir()) == contract, name
+        assert sorted(p.name for p in (out / name / "1" / "contract").glob("*.py")) == contract, name
+        assert (out / name / "1" / "__pycache__").is_dir(), name    # compiled by the build, not by the server
     v = out / "bert_pytorch_fp32_model" / "1"
     assert (v / "checkpoint" / "model.safetensors").is_file()
     assert sorted(p.name for p in (v / "training").glob("*.py")) == ["__init__.py", "config.py", "dropout.py", "model.py"]
@@ -103,8 +105,10 @@ def test_warmup_text_is_a_serialized_bytes_tensor(tiny, tmp_path):
     data = (out / "tokenizer" / "warmup" / "text").read_bytes()
     (n,) = struct.unpack("<I", data[:4])
     assert n == len(data) - 4 and data[4:].decode() == WARMUP_TEXT
-    ids = np.frombuffer((out / "bert_onnx_fp32_model" / "warmup" / "input_ids").read_bytes(), "<i8")
-    assert ids[0] == 2 and 3 in ids       # [CLS] ... [SEP], then padding
+    # the classifier's warmup names no vocabulary entry but the pad id: valid for any build's model
+    warm = {n: np.frombuffer((out / "bert_onnx_fp32_model" / "warmup" / n).read_bytes(), "<i8")
+            for n in mcfg.TEXT_INPUTS}
+    assert warm["input_ids"].tolist() == [0] * 32 and warm["attention_mask"].tolist() == [1] * 32
 
 
 def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkeypatch):
@@ -114,8 +118,19 @@ def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkey
     (out / "README.md").write_text("tracked readme\n")
     repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
     r2 = repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
-    assert r2.version == 2
-    assert sorted(p.name for p in (out / "tokenizer").iterdir() if p.name.isdigit()) == ["2"]
+    r3 = repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    assert (r2.version, r2.previous, r3.version, r3.previous) == (2, 1, 3, 2)
+    # v3 is served, v2 (the replaced build) is kept unserved with its model-folder files, v1 is gone
+    assert sorted(p.name for p in (out / "tokenizer").iterdir() if p.name.isdigit()) == ["2", "3"]
+    for name in ("tokenizer", "bert_onnx_fp32", "bert_onnx_fp32_model"):
+        config = mcfg.parse_config((out / name / "config.pbtxt").read_text())
+        assert list(config.version_policy.specific.versions) == [3]
+        kept = mcfg.parse_config((out / name / "2" / ".model_files" / "config.pbtxt").read_text())
+        assert list(kept.version_policy.specific.versions) == [2]
+    steps = mcfg.parse_config((out / "bert_onnx_fp32" / "config.pbtxt").read_text()).ensemble_scheduling.step
+    assert [s.model_version for s in steps] == [3, 3, 3]          # an ensemble calls its own build only
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["previous"] == 2 and manifest["previous_build"]["version"] == 2
     assert (out / "README.md").read_text() == "tracked readme\n"
     before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
 
@@ -126,6 +141,29 @@ def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkey
         repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
     assert not list(tmp_path.glob(".model_repository.*"))   # no temp tree left behind
+
+
+def test_a_repository_without_kept_versions_can_still_be_rolled_back_after_one_build(tiny, tmp_path):
+    """A repository written before builds kept versions ("latest" everywhere): the next build keeps
+    its version with the model-folder files it served, named explicitly, so a rollback returns to it."""
+    from contract.repository_versions import current_version, plan_rollback, write_rollback
+
+    ckpt, onnx_dir = tiny
+    out = tmp_path / "model_repository"
+    repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet)
+    for config_path in out.glob("*/config.pbtxt"):          # make it look like the old layout
+        config = mcfg.parse_config(config_path.read_text())
+        config.version_policy.Clear()
+        config.version_policy.latest.num_versions = 1
+        for step in config.ensemble_scheduling.step:
+            step.model_version = -1
+        config_path.write_text(mcfg.to_text(config))
+        shutil.rmtree(config_path.parent / "1" / ".model_files")
+    assert repository.build_repository("cpu", ckpt, out, onnx_dir=onnx_dir, log=quiet).previous == 1
+    back = write_rollback(plan_rollback(out))
+    assert (back.from_version, back.to_version, back.dropped) == (2, 1, {}) and current_version(out) == 1
+    steps = mcfg.parse_config((out / "bert_onnx_fp32" / "config.pbtxt").read_text()).ensemble_scheduling.step
+    assert [s.model_version for s in steps] == [1, 1, 1]
 
 
 def test_missing_artifacts_are_skipped_and_listed(tmp_path):

@@ -1,16 +1,22 @@
-"""Faults and swaps on a live server: a killed Python stub, and a rebuilt repository rolled out under load.
+"""Swaps and faults on a live server: two builds whose tokenizers differ rolled out and back under
+load, a rollout whose classifier does not load, a killed Python stub found by the probe and healed.
 
 One real embedded Triton in explicit model-control mode (`--load-model '*'`) serves a tiny random
 BERT repository built by build/repository.py. Only the ONNX ensemble is kept in the repository:
 the PyTorch one exercises the same tokenizer and version mechanics, and its stub
 (import torch) would double the module's time on 2 cores.
 
+The two checkpoints differ in weights and in vocabulary (the same words at other ids, and a
+larger vocabulary), so an answer that paired one build's tokenizer with the other's classifier
+would match neither build: every answer is checked against the build its version names.
 Clients here never retry unless a test says so: a failure during a swap counts as a failure.
 Every loop has a request count and a time limit.
 """
+import io
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,230 +24,218 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tritonclient.http as httpclient
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_bert  # noqa: E402
-from procs import python_stubs  # noqa: E402
 
 from build import repository  # noqa: E402
-from clients.classify import Classifier, InferenceFailed  # noqa: E402
-from server import rollout  # noqa: E402
+from clients.classify import Classifier  # noqa: E402
+from contract.repository_versions import current_version  # noqa: E402
+from server import heal, rollout  # noqa: E402
+from server import probe as probing  # noqa: E402
+from server.admin import Admin  # noqa: E402
+from server.drill import Traffic, python_stubs  # noqa: E402
+from server.embedded import ADMIN_HEADER  # noqa: E402
 from server.testing import running_server  # noqa: E402
 
 pytestmark = pytest.mark.server
 
 ENSEMBLE = "bert_onnx_fp32"
-TEXT = "good morning, the sun is out"
+TEXTS = ("good morning, the sun is out", "the flight was bad, worst airline ever",
+         "i love this great happy day", "my flight got cancelled again")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def build(checkpoint, onnx_dir, out):
+def quiet(*_):
+    pass
+
+
+def build(checkpoint, out):
     """A repository with only the ONNX ensemble (see the module docstring); returns its version."""
-    result = repository.build_repository("cpu", checkpoint, out, onnx_dir=onnx_dir, max_batch_size=8,
-                                         log=lambda *_: None)
+    result = repository.build_repository("cpu", checkpoint, out, onnx_dir=checkpoint.parent / "onnx",
+                                         max_batch_size=8, log=quiet)
     for name in ("bert_pytorch_fp32", "bert_pytorch_fp32_model"):
         shutil.rmtree(out / name)
     return result.version
 
 
-def expected_probabilities(checkpoint, text):
-    """What the checkpoint says in-process (no padding; the tokenizer file the server uses)."""
+def answers(checkpoint, tokenizer_of=None):
+    """{text: probabilities} of the checkpoint in-process, its texts tokenized by its own tokenizer
+    (or by `tokenizer_of`'s: what a mixed ensemble would compute)."""
     import torch
     from tokenizers import Tokenizer
 
     from training.model import BertForSequenceClassification
 
-    tok = Tokenizer.from_file(str(checkpoint / "tokenizer.json"))
-    ids = torch.tensor([tok.encode(text).ids])
+    tok = Tokenizer.from_file(str((tokenizer_of or checkpoint) / "tokenizer.json"))
     model = BertForSequenceClassification.from_pretrained(checkpoint).eval()
-    with torch.no_grad():
-        return torch.softmax(model(ids, torch.ones_like(ids), torch.zeros_like(ids)).logits, -1)[0].numpy()
+    out = {}
+    for text in TEXTS:
+        ids = torch.tensor([tok.encode(text).ids])
+        with torch.no_grad():
+            out[text] = torch.softmax(model(ids, torch.ones_like(ids), torch.zeros_like(ids)).logits, -1)[0].numpy()
+    return out
 
 
-class Traffic:
-    """Client threads sending one text per request until stopped (or a count/time cap is hit)."""
-
-    def __init__(self, url, threads=2, max_requests=5000, max_seconds=240.0, pause=0.01):
-        self.url, self.pause = url, pause
-        self.max_requests, self.deadline = max_requests, time.monotonic() + max_seconds
-        # (monotonic time the request was *sent*, "ok" | error text, version, probabilities): judged by
-        # send time, since on a busy box a request sent before a heal/rollout can come back well after it
-        self.results = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self):
-        with httpclient.InferenceServerClient(self.url, network_timeout=60) as client:
-            while not self._stop.is_set() and time.monotonic() < self.deadline:
-                with self._lock:
-                    if len(self.results) >= self.max_requests:
-                        return
-                inp = httpclient.InferInput("text", [1, 1], "BYTES")
-                inp.set_data_from_numpy(np.array([[TEXT.encode()]], dtype=np.object_))
-                sent = time.monotonic()
-                try:
-                    r = client.infer(ENSEMBLE, [inp])
-                    row = (sent, "ok", int(r.get_response()["model_version"]),
-                           r.as_numpy("probabilities")[0])
-                except Exception as e:            # noqa: BLE001 - every failure is recorded
-                    row = (sent, str(e), None, None)
-                with self._lock:
-                    self.results.append(row)
-                time.sleep(self.pause)
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=70)
-
-    def wait_for(self, n, timeout=60.0):
-        """Block until n more requests were answered (or failed)."""
-        target, deadline = len(self.results) + n, time.monotonic() + timeout
-        while len(self.results) < target and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def failures(self, since=0.0):
-        """Errors of requests sent at or after `since`."""
-        return [e for t, e, _, _ in self.results if e != "ok" and t >= since]
+def served_versions(admin):
+    return {name: sorted(v) for name, v in admin.served().items()}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rollout")
-    old = tiny_bert.make_checkpoint(tmp / "old" / "checkpoint", seed=0)
-    new = tiny_bert.make_checkpoint(tmp / "new" / "checkpoint", seed=1)
-    dirs = {c: tiny_bert.export_fp32(c, c.parent / "onnx") for c in (old, new)}
+    a = tiny_bert.make_checkpoint(tmp / "a" / "checkpoint", seed=0)
+    b = tiny_bert.make_checkpoint(tmp / "b" / "checkpoint", seed=1, vocab_size=640, vocab_seed=3)
+    for checkpoint in (a, b):
+        tiny_bert.export_fp32(checkpoint, checkpoint.parent / "onnx")
     repo = tmp / "model_repository"
-    assert build(old, dirs[old], repo) == 1
+    assert build(a, repo) == 1
     with running_server(repo, tmp / "state", model_control_mode="explicit", load_models=("*",)) as server:
-        admin = rollout.Admin(server.http_url, server.admin_headers()[rollout.ADMIN_HEADER])
-        yield {"server": server, "admin": admin, "repo": repo, "old": old, "new": new, "onnx": dirs, "tmp": tmp}
+        admin = Admin(server.http_url, server.admin_headers()[ADMIN_HEADER])
+        yield {"server": server, "admin": admin, "repo": repo, "a": a, "b": b, "tmp": tmp}
 
 
 # ----------------------------------------------------------------------------------------------
-# a Python stub killed during load
+# builds swapped under load
 
-def test_killed_stub_is_reported_and_heal_brings_the_model_back(setup):
-    server, admin, repo = setup["server"], setup["admin"], setup["repo"]
-    stubs = python_stubs(server.pid)
-    victim = next(pid for pid, model in stubs.items() if model == f"{ENSEMBLE}_model")
-    with Traffic(server.http_url) as traffic:
-        traffic.wait_for(20)
-        killed_at = time.monotonic()
+def test_rollout_and_rollback_under_load_never_pair_two_builds(setup):
+    server, admin, repo, a, b = setup["server"], setup["admin"], setup["repo"], setup["a"], setup["b"]
+    expected = {1: answers(a), 2: answers(b)}
+    for text in TEXTS:   # a mix would show: it matches neither build
+        for mixed in (answers(a, tokenizer_of=b)[text], answers(b, tokenizer_of=a)[text]):
+            assert not np.allclose(mixed, expected[1][text], atol=1e-3)
+            assert not np.allclose(mixed, expected[2][text], atol=1e-3)
+
+    with Traffic(server.http_url, ENSEMBLE, threads=2, texts=TEXTS) as traffic:
+        traffic.wait_for(10)
+        # the rebuild lands atomically; in explicit mode the server keeps serving v1 until told
+        assert build(b, repo) == 2
+        traffic.wait_for(10)
+        assert {x.version for x in traffic.ok()} == {1}
+        started = time.monotonic()
+        out = rollout.rollout(admin, repo, log=quiet)
+        rolled_out = time.monotonic()
+        traffic.wait_for(10)
+        assert served_versions(admin) == {n: [2] for n in out["loaded"]}
+        back = rollout.rollback(admin, repo, log=quiet)
+        rolled_back = time.monotonic()
+        traffic.wait_for(10)
+
+    assert traffic.failures() == [], traffic.failures()[:3]
+    ok = traffic.ok()
+    for x in ok:                                  # every answer is exactly its own build's
+        assert x.version in expected and np.allclose(x.probabilities, expected[x.version][x.text], atol=1e-4), x
+    assert [x.version for x in ok if rolled_out < x.sent < rolled_out + 0.5 * (rolled_back - rolled_out)] \
+        and {x.version for x in ok if rolled_out < x.sent < rolled_out + 0.5 * (rolled_back - rolled_out)} == {2}
+    assert {x.version for x in ok if x.sent > rolled_back} == {1}
+    assert set(out["loaded"]) == {"tokenizer", f"{ENSEMBLE}_model", ENSEMBLE}   # cpu: the classifier post-processes
+    assert out["still_unloading"] == [] and back["still_unloading"] == []
+    assert (back["from"], back["to"]) == (2, 1) and served_versions(admin) == {n: [1] for n in out["loaded"]}
+    assert current_version(repo) == 1 and (repo / "tokenizer" / "2").is_dir()    # v2 kept, unserved
+    assert rollout.rollout(admin, repo, log=quiet)["loaded"] == {}               # nothing left to do
+    print(f"\nrollout v1 -> v2 {rolled_out - started:.1f} s, rollback v2 -> v1 {back['seconds']:.1f} s, under "
+          f"{len(traffic.answers)} requests (2 client threads): 0 failed, none mixed")
+
+
+# ----------------------------------------------------------------------------------------------
+# a Python stub killed under load
+
+def test_a_killed_stub_is_named_by_the_probe_and_healed_by_the_watcher(setup):
+    server, admin = setup["server"], setup["admin"]
+    victim = next(pid for pid, model in python_stubs(server.pid).items() if model == f"{ENSEMBLE}_model")
+    watcher = heal.Watcher(server, interval=0.5, log=quiet)
+    with Traffic(server.http_url, ENSEMBLE, threads=2, texts=TEXTS) as traffic:
+        traffic.wait_for(10)
         os.kill(victim, signal.SIGKILL)
         traffic.wait_for(3, timeout=30)
+        # Triton 2.51 neither restarts the stub nor marks anything unready: only a request shows it
+        assert admin._request("GET", "/v2/health/ready")[0] == 200
+        assert admin._request("GET", f"/v2/models/{ENSEMBLE}_model/ready")[0] == 200
+        out = io.StringIO()
+        assert probing.report(probing.probe(server.http_url, admin.key), out) == 1      # the probe's exit status
+        assert f"failed {ENSEMBLE} " in out.getvalue()
+        assert f"Stub process '{ENSEMBLE}_model_0_0' is not healthy" in out.getvalue()
 
-        # reported clearly: HTTP 500 naming the ensemble and the dead stub; Triton 2.51 neither
-        # restarts the stub nor marks the model unready
-        errors = traffic.failures(since=killed_at)
-        assert errors, "requests after the kill should fail until the model is reloaded"
-        assert all(f"in ensemble '{ENSEMBLE}'" in e and f"Stub process '{ENSEMBLE}_model_0_0' is not healthy" in e
-                   for e in errors), errors[:3]
-        assert victim not in python_stubs(server.pid)
-        with httpclient.InferenceServerClient(server.http_url) as c:
-            assert c.is_server_ready() and c.is_model_ready(f"{ENSEMBLE}_model")
+        # a client that retries (backoff 0.25, 0.5, 1, ... s) rides through: its caller sees answers
+        patient = {}
 
-        # a client that retries a little gives up with a message naming the cause and its attempts
-        with Classifier(server.http_url, model=ENSEMBLE, retries=1, backoff=0.1) as impatient:
-            with pytest.raises(InferenceFailed, match=r"still failing after 2 attempts .*is not healthy"):
-                impatient.infer([TEXT])
+        def classify():
+            with Classifier(server.http_url, model=ENSEMBLE, retries=8, backoff=0.25) as clf:
+                patient["labels"] = [p.label for p in clf.classify(list(TEXTS[:2]))]
 
-        # the documented recovery: probe, find the dead stub, reload that model from its files
-        healed = rollout.heal(admin, repo, log=lambda *_: None)
-        recovered_at = time.monotonic()
-        assert healed["healed"] == [f"{ENSEMBLE}_model"]
+        retrying = threading.Thread(target=classify, daemon=True)
+        retrying.start()
+        watching = threading.Thread(target=watcher.run, daemon=True)
+        started = time.monotonic()
+        watching.start()
+        while traffic.healed_after(started) is None and time.monotonic() - started < 60:
+            time.sleep(0.05)
+        healed = traffic.healed_after(started)
         traffic.wait_for(10)
-    assert not traffic.failures(since=recovered_at + 0.5), traffic.failures(since=recovered_at)[:3]
+        watcher.stop.set()
+        watching.join(timeout=30)
+        retrying.join(timeout=60)
+    assert healed is not None and healed < 30, healed
+    assert len(patient["labels"]) == 2 and set(patient["labels"]) <= {"negative", "positive"}
+    assert [e["kind"] for e in watcher.events] == ["dead", "reloaded"] and watcher.events[0]["models"] == [
+        f"{ENSEMBLE}_model"]
+    assert not traffic.failures(since=started + healed + 0.5)
     after = python_stubs(server.pid)
-    assert sorted(after.values()) == sorted(stubs.values()) and victim not in after   # a new stub, same set
-    print(f"\nstub kill: {len(traffic.failures(since=killed_at))} failed requests; heal took "
-          f"{healed['seconds']:.1f} s; kill -> recovered {recovered_at - killed_at:.1f} s")
+    assert victim not in after and f"{ENSEMBLE}_model" in after.values()
+    print(f"\nstub killed: {len(traffic.failures())} failed requests; the watcher (every 0.5 s) had it answering "
+          f"{healed:.1f} s after it started (reload {watcher.events[1]['seconds']:.1f} s)")
 
 
-def test_a_retrying_client_rides_through_a_stub_kill(setup):
-    """Classifier's backoff (0.5, 1, 2, 4 s) outlasts a heal: its caller sees answers, no error."""
-    server, admin, repo = setup["server"], setup["admin"], setup["repo"]
-    victim = next(pid for pid, model in python_stubs(server.pid).items() if model == "tokenizer")
-    os.kill(victim, signal.SIGKILL)
-    result = {}
-
-    def patient():
-        with Classifier(server.http_url, model=ENSEMBLE, retries=6, backoff=0.5) as clf:
-            result["predictions"] = clf.classify([TEXT, "worst flight ever"])
-
-    t = threading.Thread(target=patient)
-    t.start()
-    time.sleep(1.0)                       # let it fail once or twice, then heal (a watchdog would)
-    assert rollout.heal(admin, repo, log=lambda *_: None)["healed"] == ["tokenizer"]
-    t.join(timeout=120)
-    assert [p.label in ("negative", "positive") for p in result["predictions"]] == [True, True]
-
-
-def test_cli_heal_with_nothing_dead_says_so(setup):
-    import subprocess
+def test_cli_heal_and_probe_with_nothing_dead_say_so(setup):
     server = setup["server"]
     proc = subprocess.run([sys.executable, "-m", "server.rollout", "--heal", "--state-dir",
                            str(server.settings.state_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "every ensemble answers", proc.stderr
-
-
-# ----------------------------------------------------------------------------------------------
-# a rebuilt repository rolled out under load
-
-def test_rebuilt_repository_rolls_out_with_zero_failed_requests(setup):
-    server, admin, repo = setup["server"], setup["admin"], setup["repo"]
-    old_p = expected_probabilities(setup["old"], TEXT)
-    new_p = expected_probabilities(setup["new"], TEXT)
-    assert not np.allclose(old_p, new_p, atol=1e-3)          # the two builds are told apart
-    with Traffic(server.http_url) as traffic:
-        traffic.wait_for(20)
-        # the rebuild lands atomically; in explicit mode the server keeps serving v1 until told
-        assert build(setup["new"], setup["onnx"][setup["new"]], repo) == 2
-        traffic.wait_for(10)
-        assert {v for _, e, v, _ in traffic.results if e == "ok"} == {1}
-        summary = rollout.rollout(admin, repo, log=lambda *_: None)
-        swapped_at = time.monotonic()
-        traffic.wait_for(20)
-    ok = [(t, v, p) for t, e, v, p in traffic.results if e == "ok"]
-    assert traffic.failures() == [], traffic.failures()[:3]
-    assert len(ok) >= 50
-    assert {v for _, v, _ in ok} == {1, 2}
-    for t, v, p in ok:                       # each answer is the old or the new model, never garbage
-        assert np.allclose(p, old_p, atol=1e-4) or np.allclose(p, new_p, atol=1e-4)
-    after = [(v, p) for t, v, p in ok if t > swapped_at]
-    assert after and all(v == 2 and np.allclose(p, new_p, atol=1e-4) for v, p in after)
-    assert set(summary["loaded"]) == {"tokenizer", f"{ENSEMBLE}_model", ENSEMBLE}   # cpu: no postprocess model
-    assert summary["still_unloading"] == []
-    states = {(m["name"], m["version"]): m["state"] for m in admin.index()}
-    for name in summary["loaded"]:           # the old version is unloaded, the new one serves
-        assert states[(name, "2")] == "READY" and states.get((name, "1")) in (None, "UNAVAILABLE")
-    print(f"\nrollout: {len(traffic.results)} requests during the swap, 0 failed; "
-          f"loads took {summary['seconds']:.1f} s")
-    assert rollout.rollout(admin, repo, log=lambda *_: None)["loaded"] == {}     # idempotent
+    # the probe as the server images run it: the file alone, its own python, the key from a file
+    key_file = setup["tmp"] / "key"
+    key_file.write_text(setup["admin"].key)
+    proc = subprocess.run([sys.executable, "-I", str(ROOT / "server" / "probe.py"), "--url", server.http_url,
+                           "--admin-key-file", str(key_file)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"ok     {ENSEMBLE} ("), proc.stdout + proc.stderr
 
 
 def test_rollout_cli_dry_run_prints_the_plan(setup):
-    import subprocess
-    server, repo = setup["server"], setup["repo"]
+    server = setup["server"]
     proc = subprocess.run([sys.executable, "-m", "server.rollout", "--dry-run", "--state-dir",
                            str(server.settings.state_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to roll out" in proc.stdout
 
 
+def test_a_rollout_whose_classifier_fails_to_load_rolls_back_by_itself(setup):
+    """Last but one: Triton then reports the server unready (see the end)."""
+    server, admin, repo = setup["server"], setup["admin"], setup["repo"]
+    assert build(setup["b"], repo) == 3
+    (repo / f"{ENSEMBLE}_model" / "3" / "model.onnx").write_bytes(b"not an ONNX model")
+    with Traffic(server.http_url, ENSEMBLE, threads=2, texts=TEXTS) as traffic:
+        traffic.wait_for(10)
+        said = []
+        with pytest.raises(rollout.RolledBack) as failed:
+            rollout.rollout(admin, repo, log=said.append)
+        traffic.wait_for(10)
+    message = str(failed.value)
+    assert message.startswith("rollout of v3 failed and was rolled back: the server and ")
+    assert f"serve v1 again (v3 stays on disk, unserved). Cause: load '{ENSEMBLE}_model'" in message
+    assert "INVALID_PROTOBUF" in message
+    assert traffic.failures() == [], traffic.failures()[:3]
+    assert {x.version for x in traffic.ok()} == {1}
+    assert set(sum(served_versions(setup["admin"]).values(), [])) == {1} and current_version(repo) == 1
+    # Triton 2.51 keeps the failed version on record: strict readiness stays false though all serve
+    assert admin._request("GET", "/v2/health/ready")[0] == 400 and "/v2/health/ready stays false" in said[-1]
+
+
 def test_a_contract_change_is_refused_not_half_rolled(setup, tmp_path):
-    """Three labels instead of two: old and new steps cannot be mixed, so nothing is loaded."""
+    """Three labels instead of two: clients would see both contracts, so nothing is loaded."""
     admin, repo = setup["admin"], setup["repo"]
     three = tiny_bert.make_checkpoint(tmp_path / "checkpoint", labels=("a", "b", "c"), seed=2)
+    tiny_bert.export_fp32(three, tmp_path / "onnx")
     before = admin.served()
-    build(three, tiny_bert.export_fp32(three, tmp_path / "onnx"), repo)
+    build(three, repo)
     with pytest.raises(rollout.RolloutError, match=f"ensemble '{ENSEMBLE}' changes its inputs/outputs"):
-        rollout.rollout(admin, repo, log=lambda *_: None)
+        rollout.rollout(admin, repo, log=quiet)
     assert admin.served() == before

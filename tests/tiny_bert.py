@@ -21,12 +21,19 @@ WORDS = ("i love this great happy day the flight was bad worst ever awful good m
          "got cancelled again airline what a wonderful not so").split()
 
 
-def make_tokenizer(folder: Path, size: int = 512) -> Path:
+def make_tokenizer(folder: Path, size: int = 512, shuffle_seed: int | None = None) -> Path:
+    """shuffle_seed: the whole words sit at other ids (another vocabulary for the same texts)."""
+    import random
+
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    words = list(WORDS)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(words)
+        words = [f"[unused-{i}]" for i in range(size // 4)] + words
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars + ".,!?'") + \
-        [f"##{c}" for c in chars] + WORDS
+        [f"##{c}" for c in chars] + words
     vocab += [f"[unused{i}]" for i in range(size - len(vocab))]
     tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -42,12 +49,13 @@ def make_tokenizer(folder: Path, size: int = 512) -> Path:
 
 
 def make_checkpoint(folder: Path, labels=("negative", "positive"), seed: int = 0, layers: int = 2,
-                    max_positions: int = 64) -> Path:
+                    max_positions: int = 64, vocab_size: int = 512, vocab_seed: int | None = None) -> Path:
+    """vocab_size / vocab_seed: another vocabulary (make_tokenizer's size and shuffle_seed)."""
     from training.config import BertConfig
     from training.model import BertForSequenceClassification
 
     folder = Path(folder)
-    tok_dir = make_tokenizer(folder.parent / f".{folder.name}-tokenizer")
+    tok_dir = make_tokenizer(folder.parent / f".{folder.name}-tokenizer", vocab_size, vocab_seed)
     vocab_size = len((tok_dir / "vocab.txt").read_text().split())
     config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=max_positions, initializer_range=0.2,

@@ -20,11 +20,12 @@ RUN grep -E '^(nvidia-pytriton|numpy|tokenizers|onnxruntime|torch|safetensors|pr
 COPY contract/ contract/
 COPY server/ server/
 COPY docker/triton-entrypoint.sh /usr/local/bin/triton-entrypoint.sh
+COPY server/probe.py /usr/local/bin/triton-probe
 # Triton's default --backend-directory is /opt/tritonserver/backends, as in NVIDIA's image
 RUN PYTHONPATH=/opt/bert-triton python3 -m server install --no-perf-analyzer --no-prometheus \
  && ln -s /opt/bert-triton/.triton/tritonserver /opt/tritonserver \
  && ln -s /opt/tritonserver/bin/tritonserver /usr/local/bin/tritonserver \
- && chmod 0755 /usr/local/bin/triton-entrypoint.sh \
+ && chmod 0755 /usr/local/bin/triton-entrypoint.sh /usr/local/bin/triton-probe \
  && useradd --uid 1000 --user-group --no-create-home triton-server
 ENV LD_LIBRARY_PATH=/usr/local/lib/python3.11/site-packages/nvidia_pytriton.libs:/usr/local/lib
 USER 1000
