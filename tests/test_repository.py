@@ -128,7 +128,7 @@ def test_rebuild_bumps_version_keeps_readme_and_is_atomic(tiny, tmp_path, monkey
         kept = mcfg.parse_config((out / name / "2" / ".model_files" / "config.pbtxt").read_text())
         assert list(kept.version_policy.specific.versions) == [2]
     steps = mcfg.parse_config((out / "bert_onnx_fp32" / "config.pbtxt").read_text()).ensemble_scheduling.step
-    assert [s.model_version for s in steps] == [3, 3, 3]          # an ensemble calls its own build only
+    assert [s.model_version for s in steps] == [3, 3]   # its own build only (cpu: tokenizer, classifier)
     manifest = json.loads((out / "build.json").read_text())
     assert manifest["previous"] == 2 and manifest["previous_build"]["version"] == 2
     assert (out / "README.md").read_text() == "tracked readme\n"
@@ -163,7 +163,7 @@ def test_a_repository_without_kept_versions_can_still_be_rolled_back_after_one_b
     back = write_rollback(plan_rollback(out))
     assert (back.from_version, back.to_version, back.dropped) == (2, 1, {}) and current_version(out) == 1
     steps = mcfg.parse_config((out / "bert_onnx_fp32" / "config.pbtxt").read_text()).ensemble_scheduling.step
-    assert [s.model_version for s in steps] == [1, 1, 1]
+    assert [s.model_version for s in steps] == [1, 1]
 
 
 def test_missing_artifacts_are_skipped_and_listed(tmp_path):
