@@ -13,7 +13,9 @@ max length, ...). The models of a repository:
     <ensemble>           platform "ensemble": text (+ features) -> logits, probabilities, label
 
 Dynamic batching, instance groups and warmup go on every composing model and never on an
-ensemble (Triton rejects them there). Warmup samples read real tokenized text from files under
+ensemble (Triton rejects them there). So does the bounded queue (`set_batching`): an ensemble has
+no queue of its own, its requests wait in its steps' queues, so shedding load is the composing
+models' job. Warmup samples read real tokenized text from files under
 each model's `warmup/` folder, which build/repository.py writes; `warmup_files()` says which.
 """
 from __future__ import annotations
@@ -32,6 +34,17 @@ from contract.params import ClassifierParams, PostprocessParams, TokenizerParams
 mc = pbtxt.messages()   # tritonclient's model_config_pb2
 
 
+# Queue bounds of every composing model, sized from the measured single-text capacity (the figures
+# and the command that makes them: docs/reliability.md). 128 waiting requests are well under a
+# second of work for a 2-core CPU, so past capacity the next request is refused at once (HTTP 503 /
+# gRPC UNAVAILABLE, "Exceeds maximum queue size") instead of waiting until its client gives up.
+# The queue counts requests, not texts: 128 requests of 64 texts are far more work, and a slower
+# CPU drains any queue slower, so the timeout bounds the wait itself: a request still queued after
+# 1 s is refused too (same status, "Request timeout expired").
+DEFAULT_MAX_QUEUE_SIZE = 128
+DEFAULT_QUEUE_TIMEOUT_US = 1_000_000
+
+
 class ServingSpecError(UserError, ValueError):
     """Build options that no repository can serve (no labels, batch size 0, ...)."""
 
@@ -47,6 +60,11 @@ class ServingSpec:
     max_length: int = DEFAULT_MAX_LENGTH  # tokens, [CLS] and [SEP] included
     pad_token_id: int = 0
     queue_delay_us: int = 100            # dynamic batcher's wait for more requests
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE      # requests waiting per composing model (0: unbounded)
+    queue_timeout_us: int = DEFAULT_QUEUE_TIMEOUT_US  # longest wait in one queue before a refusal (0: none)
+    vocab_size: int = 0                  # token ids the classifier accepts (0: unchecked)
+    type_vocab_size: int = 2             # token type ids the classifier accepts
+    max_request_bytes: int = 0           # text bytes per request the tokenizer accepts (0: the default below)
     warmup_length: int = 32              # tokens per warmup sample (a typical tweet pads to 32)
     warmup_batch: int = 8                # warmup requests executed together
 
@@ -60,10 +78,24 @@ class ServingSpec:
             raise ServingSpecError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
         if not 1 <= self.warmup_batch <= self.max_batch_size:
             raise ServingSpecError(f"warmup_batch {self.warmup_batch} must be in 1..max_batch_size")
+        if self.max_queue_size and self.max_queue_size < self.max_batch_size:
+            # one tokenizer execution hands up to max_batch_size requests to the classifier's queue at
+            # once (and the classifier as many to the postprocess): a shorter queue refuses some of
+            # them on a quiet server
+            raise ServingSpecError(f"max_queue_size {self.max_queue_size} must be 0 (unbounded) or at least "
+                                   f"max_batch_size {self.max_batch_size}")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ServingSpecError("max_queue_size and the queue timeout must be >= 0 (0: no bound)")
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def request_bytes(self) -> int:
+        """Every text of a full request kept whole (max_text_chars characters of up to 4 UTF-8
+        bytes each): anything larger is mostly cut away after decoding, so it is refused before."""
+        return self.max_request_bytes or self.max_batch_size * CHARS_PER_TOKEN * self.max_length * 4
 
     @property
     def warmup_tokens(self) -> int:
@@ -113,7 +145,18 @@ def set_parameters(config: mc.ModelConfig, params) -> None:
 
 
 def set_batching(config: mc.ModelConfig, spec: ServingSpec) -> None:
-    config.dynamic_batching.max_queue_delay_microseconds = spec.queue_delay_us
+    """The dynamic batcher and its bounded queue. Triton 2.51 refuses a request that finds the queue
+    full, and one that waited longer than the timeout, with HTTP 503 / gRPC UNAVAILABLE; through an
+    ensemble the message is prefixed "in ensemble '<name>', ". Clients may ask for a shorter timeout
+    per request (allow_timeout_override), never a longer one."""
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = spec.queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = spec.max_queue_size
+    if spec.queue_timeout_us:
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = spec.queue_timeout_us
+        policy.allow_timeout_override = True
 
 
 def add_instances(config: mc.ModelConfig, kind: int, count: int = 1) -> None:
@@ -157,10 +200,12 @@ def tokenizer_config(spec: ServingSpec) -> mc.ModelConfig:
     add_input(c, TEXT, mc.TYPE_STRING, [1])
     for name in TEXT_INPUTS:
         add_output(c, name, mc.TYPE_INT64, [-1])
-    # max_text_chars: characters kept per text before tokenizing, which bounds the work one long text causes
+    # max_text_chars: characters kept per text before tokenizing, which bounds the work one long text
+    # causes; max_request_bytes: a request larger than that is refused before its texts are decoded
     set_parameters(c, TokenizerParams(max_length=spec.max_length, pad_to_multiple_of=PAD_MULTIPLE,
                                       pad_token_id=spec.pad_token_id,
-                                      max_text_chars=CHARS_PER_TOKEN * spec.max_length))
+                                      max_text_chars=CHARS_PER_TOKEN * spec.max_length,
+                                      max_request_bytes=spec.request_bytes))
     set_batching(c, spec)
     add_instances(c, CPU)
     add_warmup(c, TEXT, spec.warmup_batch, {TEXT: (mc.TYPE_STRING, [1], TEXT)})
@@ -205,7 +250,9 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         # threads 0 = every core; sort_chunk_rows: contract.batching.run_sorted_chunks (less padding);
         # allow_spinning off: idle ONNX Runtime threads sleep, the cores are shared
         set_parameters(c, ClassifierParams(model_file=rt.model_file, threads=threads, pad_token_id=spec.pad_token_id,
-                                           precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False))
+                                           precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False,
+                                           vocab_size=spec.vocab_size, type_vocab_size=spec.type_vocab_size,
+                                           max_length=spec.max_length))
     if rt.platform == "pytorch_libtorch":
         c.parameters["INFERENCE_MODE"].string_value = "true"   # the libtorch backend's own parameter
     set_batching(c, spec)

@@ -100,7 +100,8 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
                      onnx_dir: str | Path | None = None, plan_dir: str | Path | None = None,
                      max_length: int | None = None, max_batch_size: int = 64, queue_delay_us: int = 100,
                      threads: int = 0, version: int | None = None, log=print,
-                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS) -> BuildResult:
+                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS, max_queue_size: int = mcfg.DEFAULT_MAX_QUEUE_SIZE,
+                     queue_timeout_ms: float = mcfg.DEFAULT_QUEUE_TIMEOUT_US / 1000) -> BuildResult:
     if target not in TARGETS:
         raise RepositoryError(f"--target {target!r}: expected one of {TARGETS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -115,7 +116,8 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     if not tokenizer_json.is_file():
         raise RepositoryError(f"{checkpoint}: no tokenizer.json (the tokenizer model runs the "
                               "checkpoint's fast tokenizer; save the checkpoint with its tokenizer files)")
-    spec = serving_spec(checkpoint, max_length, max_batch_size, queue_delay_us)
+    spec = serving_spec(checkpoint, max_length, max_batch_size, queue_delay_us, max_queue_size=max_queue_size,
+                        queue_timeout_us=round(queue_timeout_ms * 1000))
     version = version or next_version(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,6 +257,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "model has fewer positions)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
+    p.add_argument("--max-queue-size", type=int, default=mcfg.DEFAULT_MAX_QUEUE_SIZE,
+                   help="requests waiting per composing model; past it a request is refused at once "
+                        f"(HTTP 503 / gRPC UNAVAILABLE). 0 = unbounded (default {mcfg.DEFAULT_MAX_QUEUE_SIZE})")
+    p.add_argument("--queue-timeout-ms", type=float, default=mcfg.DEFAULT_QUEUE_TIMEOUT_US / 1000,
+                   help="a request waiting longer in one model's queue is refused (same status). "
+                        f"0 = no timeout (default {mcfg.DEFAULT_QUEUE_TIMEOUT_US // 1000})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
     p.add_argument("--version", type=int, help="version folder number (default: previous + 1)")
     p.add_argument("--sort-chunk-rows", type=int, default=mcfg.DEFAULT_CHUNK_ROWS,
@@ -266,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
     """`python -m build repository ...` (build/__main__.py calls add_arguments and run)."""
     build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
                      args.max_length, args.max_batch_size, args.queue_delay_us,
-                     args.threads, args.version, chunk_rows=args.sort_chunk_rows)
+                     args.threads, args.version, chunk_rows=args.sort_chunk_rows,
+                     max_queue_size=args.max_queue_size, queue_timeout_ms=args.queue_timeout_ms)
     return 0
 
 
