@@ -35,13 +35,17 @@ mc = pbtxt.messages()   # tritonclient's model_config_pb2
 
 
 # Queue bounds of every composing model, sized from the measured single-text capacity (the figures
-# and the command that makes them: docs/reliability.md). 128 waiting requests are well under a
-# second of work for a 2-core CPU, so past capacity the next request is refused at once (HTTP 503 /
-# gRPC UNAVAILABLE, "Exceeds maximum queue size") instead of waiting until its client gives up.
-# The queue counts requests, not texts: 128 requests of 64 texts are far more work, and a slower
-# CPU drains any queue slower, so the timeout bounds the wait itself: a request still queued after
-# 1 s is refused too (same status, "Request timeout expired").
-DEFAULT_MAX_QUEUE_SIZE = 128
+# and the command that makes them: docs/reliability.md). The timeout is what sheds load: a request
+# still queued after it is refused (HTTP 503 / gRPC UNAVAILABLE, "Request timeout expired"), so past
+# capacity a client hears "busy" within about a second instead of waiting until it gives up, and an
+# answered request waited at most that long in the queue. 1 s is several full batches of work on a
+# 2-core CPU, so a burst the server can absorb is not refused.
+# max_queue_size is a memory backstop set far above what the timeout lets build up (arrivals beyond
+# capacity x 1 s): Triton 2.51's batcher, once its queue is full, only wakes every ~0.5 s (a refused
+# enqueue does not wake it and a finished execution may not either), so a model whose queue stays
+# full runs a batch or two a second. Reached only by a flood several times capacity; there it
+# refuses at once ("Exceeds maximum queue size", same status).
+DEFAULT_MAX_QUEUE_SIZE = 2048
 DEFAULT_QUEUE_TIMEOUT_US = 1_000_000
 
 
@@ -145,8 +149,8 @@ def set_parameters(config: mc.ModelConfig, params) -> None:
 
 
 def set_batching(config: mc.ModelConfig, spec: ServingSpec) -> None:
-    """The dynamic batcher and its bounded queue. Triton 2.51 refuses a request that finds the queue
-    full, and one that waited longer than the timeout, with HTTP 503 / gRPC UNAVAILABLE; through an
+    """The dynamic batcher and its bounded queue. Triton 2.51 refuses a request that waited longer
+    than the timeout, and one that finds the queue full, with HTTP 503 / gRPC UNAVAILABLE; through an
     ensemble the message is prefixed "in ensemble '<name>', ". Clients may ask for a shorter timeout
     per request (allow_timeout_override), never a longer one."""
     batching = config.dynamic_batching

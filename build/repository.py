@@ -257,12 +257,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "model has fewer positions)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
-    p.add_argument("--max-queue-size", type=int, default=mcfg.DEFAULT_MAX_QUEUE_SIZE,
-                   help="requests waiting per composing model; past it a request is refused at once "
-                        f"(HTTP 503 / gRPC UNAVAILABLE). 0 = unbounded (default {mcfg.DEFAULT_MAX_QUEUE_SIZE})")
     p.add_argument("--queue-timeout-ms", type=float, default=mcfg.DEFAULT_QUEUE_TIMEOUT_US / 1000,
-                   help="a request waiting longer in one model's queue is refused (same status). "
-                        f"0 = no timeout (default {mcfg.DEFAULT_QUEUE_TIMEOUT_US // 1000})")
+                   help="a request still waiting in a composing model's queue after this is refused (HTTP 503 / "
+                        f"gRPC UNAVAILABLE): how the server sheds load. 0 = never (default {mcfg.DEFAULT_QUEUE_TIMEOUT_US // 1000})")
+    p.add_argument("--max-queue-size", type=int, default=mcfg.DEFAULT_MAX_QUEUE_SIZE,
+                   help="requests waiting per composing model at most, a memory backstop far above what the timeout "
+                        "lets build up: a full queue refuses at once but stalls Triton 2.51's batcher "
+                        f"(docs/reliability.md). 0 = unbounded (default {mcfg.DEFAULT_MAX_QUEUE_SIZE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
     p.add_argument("--version", type=int, help="version folder number (default: previous + 1)")
     p.add_argument("--sort-chunk-rows", type=int, default=mcfg.DEFAULT_CHUNK_ROWS,

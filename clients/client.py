@@ -207,6 +207,14 @@ class Classifier:
         return self._call(f"the metadata of {model!r}", self._client.get_model_metadata, model,
                           **({"as_json": True} if self.protocol == "grpc" else {}))
 
+    def statistics(self, model: str | None = None) -> dict:
+        """Triton's inference statistics of one model (its latest version): counts and times."""
+        model = model or self.model
+        stats = self._call(f"the statistics of {model!r}", self._client.get_inference_statistics, model,
+                           **({"as_json": True} if self.protocol == "grpc" else {}))
+        rows = stats.get("model_stats", [])
+        return max(rows, key=lambda r: int(r.get("version", 0) or 0)) if rows else {}
+
     def _ready(self) -> bool:
         try:
             return bool(self._call("the readiness check", self._client.is_model_ready, self.model))
