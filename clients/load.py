@@ -174,7 +174,7 @@ def load(args, log=print) -> dict:
     if proc.returncode != 0 and not stats["failures"]:
         doc["locust_output"] = (proc.stdout + proc.stderr)[-2000:]
     if steps:
-        from clients.load_steps import plot_steps
+        from clients.load_report import plot_steps
         doc["steps"] = stats.get("steps", [])
         plot_steps(doc, out / "steps.png")
     atomic_write_json(out / "summary.json", doc, indent=1)
@@ -211,7 +211,7 @@ def render(doc) -> str:
     for f in doc.get("errors", []):
         lines.append(f"- failure: {f['error']} x{f['occurrences']}")
     if doc.get("steps"):
-        from clients.load_steps import step_table
+        from clients.load_report import step_table
         lines += ["", step_table(doc["steps"]), "![per step: offered, answered, refused; p50/p99](steps.png)"]
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from contract.files import atomic_write
+from clients.load_report import plot_rates_and_latency
 from contract.tables import markdown_table
 
 
@@ -76,28 +76,7 @@ def render(doc: dict) -> str:
 
 
 def plot(doc: dict, path: Path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     rows = doc["overload"]["timeline"]
-    t = [r["t"] for r in rows]
-    fig, (rates, lat) = plt.subplots(1, 2, figsize=(11, 4.2))
-    rates.plot(t, [r["sent_per_s"] for r in rows], label="offered")
-    rates.plot(t, [r["answered_per_s"] for r in rows], label="answered")
-    rates.plot(t, [r["refused_per_s"] for r in rows], label="refused (busy)")
-    rates.axhline(doc["capacity"]["rate"], color="gray", ls="--", label="capacity")
-    rates.set_xlabel("seconds (by send time)")
-    rates.set_ylabel("requests/s")
-    rates.set_title(f"{doc['model']}: {doc['overload']['asked_rate']:.0f}/s offered")
-    rates.legend()
-    lat.plot(t, [r["p50_ms"] for r in rows], label="answered p50")
-    lat.plot(t, [r["p99_ms"] for r in rows], label="answered p99")
-    lat.axhline(doc["bound_ms"], color="red", ls="--", label="p99 bound")
-    lat.set_xlabel("seconds (by send time)")
-    lat.set_ylabel("ms")
-    lat.set_ylim(bottom=0)
-    lat.set_title("Latency of the answered requests")
-    lat.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    plot_rates_and_latency(path, [r["t"] for r in rows], rows,
+                           f"{doc['model']}: {doc['overload']['asked_rate']:.0f}/s offered", "seconds (by send time)",
+                           capacity=doc["capacity"]["rate"], bound_ms=doc["bound_ms"])
