@@ -38,7 +38,7 @@ from contract.files import atomic_write_json, atomic_write_text
 
 # The first overload raises the server's RSS once: a full queue's requests and their buffers, which
 # the allocator keeps for the next time. Flat means the rounds after it add no more than this.
-MEMORY_SLACK_MIB = 16
+MEMORY_SLACK_MIB = 24
 
 
 def queue_bounds(clf: Classifier, ensemble: str) -> dict:

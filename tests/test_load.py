@@ -83,7 +83,7 @@ def test_step_load_reports_each_step(tiny_served, tmp_path):
     """Two steps of users sending at a fixed rate each: one report row and plot point per step."""
     out = tmp_path / "steps"
     proc = run_cli("load", "--url", f"http://{tiny_served.http_url}", "--model", "bert_onnx_fp32",
-                   "--texts", str(tiny_served.texts_csv), "--steps", "2,8", "--step-seconds", "1.5", "--rate", "10",
+                   "--texts", str(tiny_served.texts_csv), "--steps", "2,8", "--step-seconds", "1", "--rate", "10",
                    "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     doc = json.loads((out / "summary.json").read_text())

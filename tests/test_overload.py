@@ -1,8 +1,8 @@
 """Overload against the real embedded Triton: an open loop far past capacity is shed, not queued.
 
 The repository is build/repository.py's for a small random BERT (6 layers of 256 on texts of
-60-110 tokens, slow enough that one Python process can offer it three times what it answers), served with its queue settings: a
-queue timeout of 1 s and the default max_queue_size backstop. Beside it, a model that sleeps
+60-110 tokens, slow enough that one Python process can offer it three times what it answers), with
+the default queue settings (a 1 s queue timeout, the max_queue_size backstop). Beside it, a model that sleeps
 through each execution with a queue of one shows Triton's other refusal (a full queue) and is what
 the client's retries are tested against.
 """
@@ -71,8 +71,7 @@ def slow_served(tmp_path_factory):
         tmp / "checkpoint", tokenizer_from=make_tokenizer(tmp / "tokenizer", size=2048))
     export_fp32(tmp / "checkpoint", tmp / "onnx")
     repo = tmp / "repository"
-    build_repository("cpu", tmp / "checkpoint", repo, onnx_dir=tmp / "onnx", max_batch_size=16,
-                     queue_timeout_ms=1000, log=lambda *_: None)
+    build_repository("cpu", tmp / "checkpoint", repo, onnx_dir=tmp / "onnx", max_batch_size=16, log=lambda *_: None)
     for name in ("bert_pytorch_fp32", "bert_pytorch_fp32_model", "bert_onnx_int8", "bert_onnx_int8_model"):
         shutil.rmtree(repo / name, ignore_errors=True)        # only the ensemble under test
     write_busy_probe(repo)
@@ -90,7 +89,7 @@ def test_an_open_loop_at_three_times_capacity_is_answered_or_refused_never_queue
     p = argparse.ArgumentParser()
     add_arguments(p)
     args = p.parse_args(["--url", server.grpc_url, "--model", ENSEMBLE, "--texts", str(texts), "--factor", "3",
-                         "--seconds", "3", "--rounds", "2", "--capacity-seconds", "1", "--concurrency", "32",
+                         "--seconds", "2.4", "--rounds", "2", "--capacity-seconds", "1", "--concurrency", "32",
                          "--after-seconds", "0.5", "--deadline", "5", "--bin-seconds", "0.25", "--out", str(tmp_path)])
     doc = overload(args, log=lambda *_: None)
     o, cap = doc["overload"], doc["capacity"]["rate"]
@@ -181,6 +180,7 @@ def test_the_client_retries_refusals_then_says_the_server_is_busy(slow_served):
             for _ in range(20):    # refused three times in a row at some point: the hogs keep the queue full
                 clf._call(f"inference on {BUSY!r}", raw.infer, BUSY, _text_input(httpclient))
         msg = str(e.value)
+        print(f"\n{msg}")
         assert "busy" in msg and "3 times" in msg and server.http_url in msg and "Exceeds maximum queue size" in msg
         assert time.monotonic() - start < 20
     finally:
