@@ -15,12 +15,11 @@ the server's tokenizer makes of texts. The client reads what it needs from the s
   - the label names, in index order, from the ensemble's `label_filename` through Triton's
     classification extension (asking for the top-k of `probabilities` returns "score:index:label"),
     falling back to a `labels` parameter in the config, then to LABEL_0, LABEL_1, ...
-Connection failures, "unavailable" answers (server starting, a Python stub being restarted) and
-refusals of a busy server (a full queue or a queue timeout: HTTP 503 / gRPC UNAVAILABLE) are retried
-by tenacity with exponential backoff and jitter, at most `retries` more times and never past
-`retry_time` seconds in all; when the client gives up, the error names the URL, the number of
-attempts and the last error (ServerBusy when the server was refusing work). One Classifier per
-thread (the HTTP client is not thread-safe).
+Connection failures, "unavailable" answers (server starting, a stub restarting) and a busy server's
+refusals (HTTP 503 / gRPC UNAVAILABLE) are retried by tenacity with exponential backoff and jitter,
+at most `retries` more times and never past `retry_time` seconds; giving up, the error names the
+URL, the attempts and the last error (ServerBusy: the server kept refusing work). One Classifier
+per thread (the HTTP client is not thread-safe).
 """
 from __future__ import annotations
 
@@ -111,10 +110,9 @@ class Classifier:
 
     # -- retries ------------------------------------------------------------------------------------
     def _retrying(self, what: str, retry) -> Retrying:
-        """At most `retries` more attempts, none starting past `retry_time` seconds. Waits grow as
-        backoff x 2^n up to max_backoff, each drawn between half and all of that ("equal jitter"):
-        clients refused together by a busy server come back spread out, not as the same burst,
-        and every wait keeps a floor, so a few retries still outlast a model reload."""
+        """At most `retries` more attempts, none starting past `retry_time` s; waits of backoff x 2^n
+        up to max_backoff, each drawn between half and all of that ("equal jitter"): clients refused
+        together come back spread out, and every wait keeps a floor that outlasts a model reload."""
         half = dict(multiplier=self.backoff / 2, max=self.max_backoff / 2)
 
         def log(state):
