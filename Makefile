@@ -36,7 +36,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: help setup fetch train quantize onnx engines torchscript repository serve up down status rollout rollback \
         probe drill classify \
-        benchmark perf load experiments demo test test-fast lock clean gpu-report onnx-request-changed \
+        benchmark perf load overload experiments demo test test-fast lock clean gpu-report onnx-request-changed \
         monitor dashboard capacity
 
 help: ## this table
@@ -129,9 +129,14 @@ engines: ## TensorRT fp16/int8 plans from padded ONNX, verified on held-out text
 torchscript: ## TorchScript fp32/fp16 for TARGET=gpu; meant for the PyTorch 24.10 container (docs/gpu.md)
 	$(PY) -m build torchscript --checkpoint $(CHECKPOINT) --out $(TS_DIR)
 
+# the composing models' queue bounds (docs/reliability.md); empty: the build's defaults
+QUEUE_TIMEOUT_MS ?=
+MAX_QUEUE_SIZE   ?=
+QUEUE_ARGS = $(if $(QUEUE_TIMEOUT_MS),--queue-timeout-ms $(QUEUE_TIMEOUT_MS),) \
+             $(if $(MAX_QUEUE_SIZE),--max-queue-size $(MAX_QUEUE_SIZE),)
 # up to date: build.json newer than what went in (for gpu: the plans and TorchScript too, when present)
 GPU_INPUTS = $(if $(filter gpu,$(TARGET)),$(wildcard $(PLAN_DIR)/engines.json $(TS_DIR)/torchscript.json))
-repository: $(ONNX_DIR)/build_report.json ## model_repository/ for TARGET=cpu|gpu (atomic swap, new version; FORCE=1)
+repository: $(ONNX_DIR)/build_report.json ## model_repository/ for TARGET=cpu|gpu (atomic swap, new version; FORCE=1; QUEUE_TIMEOUT_MS, MAX_QUEUE_SIZE)
 	@if [ -z "$(FORCE)" ] && [ $(REPO)/build.json -nt $(ONNX_DIR)/build_report.json ] \
 	    && ! for f in $(GPU_INPUTS); do [ $(REPO)/build.json -nt $$f ] || echo stale; done | grep -q stale \
 	    && grep -q '"target": "$(TARGET)"' $(REPO)/build.json; then \
@@ -139,7 +144,7 @@ repository: $(ONNX_DIR)/build_report.json ## model_repository/ for TARGET=cpu|gp
 	else \
 	  echo "==> [repository] $(REPO) for TARGET=$(TARGET)"; \
 	  $(PY) -m build repository --target $(TARGET) --checkpoint $(CHECKPOINT) --onnx-dir $(ONNX_DIR) \
-	    --plan-dir $(PLAN_DIR) --out $(REPO); \
+	    --plan-dir $(PLAN_DIR) --out $(REPO) $(QUEUE_ARGS); \
 	fi
 
 # ---- serving -------------------------------------------------------------------------------------
@@ -187,8 +192,18 @@ perf: ## NVIDIA perf_analyzer over a concurrency range -> reports/perf/
 
 USERS ?= 8
 DURATION ?= 30s
-load: ## bounded headless locust run (USERS=8 DURATION=30s) -> reports/load/
-	$(PY) -m clients load --run $(RUN) --users $(USERS) --duration $(DURATION)
+STEPS ?=
+STEP_SECONDS ?= 10
+USER_RATE ?=
+LOAD_ARGS = $(if $(STEPS),--steps $(STEPS) --step-seconds $(STEP_SECONDS),--users $(USERS) --duration $(DURATION)) \
+            $(if $(USER_RATE),--rate $(USER_RATE),)
+load: ## bounded headless locust run (USERS=8 DURATION=30s; step load: STEPS=8,64,256 STEP_SECONDS=10 USER_RATE=5) -> reports/load/
+	$(PY) -m clients load --run $(RUN) $(LOAD_ARGS)
+
+FACTOR ?= 3
+OVERLOAD_SECONDS ?= 10
+overload: ## open-loop arrivals at FACTOR=3 x measured capacity for OVERLOAD_SECONDS=10: shed, not queued -> reports/overload/
+	$(PY) -m clients overload --run $(RUN) --factor $(FACTOR) --seconds $(OVERLOAD_SECONDS) --out reports/overload
 
 experiments: $(VENV)/.installed ## the reference study's tables on the offline default -> reports/experiments.md
 	$(PY) -m training fetch

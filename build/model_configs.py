@@ -15,7 +15,9 @@ max length, ...). The models of a repository:
     <ensemble>           platform "ensemble": text (+ features) -> logits, probabilities, label
 
 Dynamic batching, instance groups and warmup go on every composing model and never on an
-ensemble (Triton rejects them there). Warmup samples read real tokenized text from files under
+ensemble (Triton rejects them there). So does the bounded queue (`set_batching`): an ensemble has
+no queue of its own, its requests wait in its steps' queues, so shedding load is the composing
+models' job. Warmup samples read real tokenized text from files under
 each model's `warmup/` folder, which build/repository.py writes; `warmup_files()` says which.
 """
 from __future__ import annotations
@@ -34,6 +36,21 @@ from contract.params import ClassifierParams, PostprocessParams, TokenizerParams
 mc = pbtxt.messages()   # tritonclient's model_config_pb2
 
 
+# Queue bounds of every composing model, sized from the measured single-text capacity (the figures
+# and the command that makes them: docs/reliability.md). The timeout is what sheds load: a request
+# still queued after it is refused (HTTP 503 / gRPC UNAVAILABLE, "Request timeout expired"), so past
+# capacity a client hears "busy" within about a second instead of waiting until it gives up, and an
+# answered request waited at most that long in the queue. 1 s is several full batches of work on a
+# 2-core CPU, so a burst the server can absorb is not refused.
+# max_queue_size is a memory backstop set far above what the timeout lets build up (arrivals beyond
+# capacity x 1 s): Triton 2.51's batcher, once its queue is full, only wakes every ~0.5 s (a refused
+# enqueue does not wake it and a finished execution may not either), so a model whose queue stays
+# full runs a batch or two a second. Reached only by a flood several times capacity; there it
+# refuses at once ("Exceeds maximum queue size", same status).
+DEFAULT_MAX_QUEUE_SIZE = 2048
+DEFAULT_QUEUE_TIMEOUT_US = 1_000_000
+
+
 class ServingSpecError(UserError, ValueError):
     """Build options that no repository can serve (no labels, batch size 0, ...)."""
 
@@ -49,6 +66,11 @@ class ServingSpec:
     max_length: int = DEFAULT_MAX_LENGTH  # tokens, [CLS] and [SEP] included
     pad_token_id: int = 0
     queue_delay_us: int = 100            # dynamic batcher's wait for more requests
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE      # requests waiting per composing model (0: unbounded)
+    queue_timeout_us: int = DEFAULT_QUEUE_TIMEOUT_US  # longest wait in one queue before a refusal (0: none)
+    vocab_size: int = 0                  # token ids the classifier accepts (0: unchecked)
+    type_vocab_size: int = 2             # token type ids the classifier accepts
+    max_request_bytes: int = 0           # text bytes per request the tokenizer accepts (0: the default below)
     warmup_length: int = 32              # tokens per warmup sample (a typical tweet pads to 32)
     warmup_batch: int = 8                # warmup requests executed together
 
@@ -62,10 +84,24 @@ class ServingSpec:
             raise ServingSpecError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
         if not 1 <= self.warmup_batch <= self.max_batch_size:
             raise ServingSpecError(f"warmup_batch {self.warmup_batch} must be in 1..max_batch_size")
+        if self.max_queue_size and self.max_queue_size < self.max_batch_size:
+            # one tokenizer execution hands up to max_batch_size requests to the classifier's queue at
+            # once (and the classifier as many to the postprocess): a shorter queue refuses some of
+            # them on a quiet server
+            raise ServingSpecError(f"max_queue_size {self.max_queue_size} must be 0 (unbounded) or at least "
+                                   f"max_batch_size {self.max_batch_size}")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ServingSpecError("max_queue_size and the queue timeout must be >= 0 (0: no bound)")
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
+
+    @property
+    def request_bytes(self) -> int:
+        """Every text of a full request kept whole (max_text_chars characters of up to 4 UTF-8
+        bytes each): anything larger is mostly cut away after decoding, so it is refused before."""
+        return self.max_request_bytes or self.max_batch_size * CHARS_PER_TOKEN * self.max_length * 4
 
     @property
     def warmup_tokens(self) -> int:
@@ -115,7 +151,18 @@ def set_parameters(config: mc.ModelConfig, params) -> None:
 
 
 def set_batching(config: mc.ModelConfig, spec: ServingSpec) -> None:
-    config.dynamic_batching.max_queue_delay_microseconds = spec.queue_delay_us
+    """The dynamic batcher and its bounded queue. Triton 2.51 refuses a request that waited longer
+    than the timeout, and one that finds the queue full, with HTTP 503 / gRPC UNAVAILABLE; through an
+    ensemble the message is prefixed "in ensemble '<name>', ". Clients may ask for a shorter timeout
+    per request (allow_timeout_override), never a longer one."""
+    batching = config.dynamic_batching
+    batching.max_queue_delay_microseconds = spec.queue_delay_us
+    policy = batching.default_queue_policy
+    policy.max_queue_size = spec.max_queue_size
+    if spec.queue_timeout_us:
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = spec.queue_timeout_us
+        policy.allow_timeout_override = True
 
 
 def add_instances(config: mc.ModelConfig, kind: int, count: int = 1) -> None:
@@ -173,10 +220,12 @@ def tokenizer_config(spec: ServingSpec) -> mc.ModelConfig:
     add_input(c, TEXT, mc.TYPE_STRING, [1])
     for name in TEXT_INPUTS:
         add_output(c, name, mc.TYPE_INT64, [-1])
-    # max_text_chars: characters kept per text before tokenizing, which bounds the work one long text causes
+    # max_text_chars: characters kept per text before tokenizing, which bounds the work one long text
+    # causes; max_request_bytes: a request larger than that is refused before its texts are decoded
     set_parameters(c, TokenizerParams(max_length=spec.max_length, pad_to_multiple_of=PAD_MULTIPLE,
                                       pad_token_id=spec.pad_token_id,
-                                      max_text_chars=CHARS_PER_TOKEN * spec.max_length))
+                                      max_text_chars=CHARS_PER_TOKEN * spec.max_length,
+                                      max_request_bytes=spec.request_bytes))
     set_batching(c, spec)
     add_instances(c, CPU)
     add_warmup(c, TEXT, spec.warmup_batch, {TEXT: (mc.TYPE_STRING, [1], TEXT)})
@@ -236,7 +285,9 @@ def classifier_config(spec: ServingSpec, name: str, runtime: str, logits_type: i
         set_parameters(c, ClassifierParams(model_file=rt.model_file, threads=threads, pad_token_id=spec.pad_token_id,
                                            precision=precision, sort_chunk_rows=chunk_rows, allow_spinning=False,
                                            postprocess=postprocess, multi_label=spec.multi_label and postprocess,
-                                           thresholds=spec_thresholds(spec) if postprocess else ()))
+                                           thresholds=spec_thresholds(spec) if postprocess else (),
+                                           vocab_size=spec.vocab_size, type_vocab_size=spec.type_vocab_size,
+                                           max_length=spec.max_length))
     if rt.platform == "pytorch_libtorch":
         c.parameters["INFERENCE_MODE"].string_value = "true"   # the libtorch backend's own parameter
     set_batching(c, spec)

@@ -113,7 +113,9 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
                      onnx_dir: str | Path | None = None, plan_dir: str | Path | None = None,
                      max_length: int | None = None, max_batch_size: int = 64, queue_delay_us: int = 100,
                      threads: int = 0, version: int | None = None, log=print,
-                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS, postprocess_model: bool = False) -> BuildResult:
+                     chunk_rows: int = mcfg.DEFAULT_CHUNK_ROWS, postprocess_model: bool = False,
+                     max_queue_size: int = mcfg.DEFAULT_MAX_QUEUE_SIZE,
+                     queue_timeout_ms: float = mcfg.DEFAULT_QUEUE_TIMEOUT_US / 1000) -> BuildResult:
     if target not in TARGETS:
         raise RepositoryError(f"--target {target!r}: expected one of {TARGETS}")
     checkpoint, out = Path(checkpoint), Path(out)
@@ -128,7 +130,8 @@ def build_repository(target: str, checkpoint: str | Path, out: str | Path = ROOT
     if not tokenizer_json.is_file():
         raise RepositoryError(f"{checkpoint}: no tokenizer.json (the tokenizer model runs the "
                               "checkpoint's fast tokenizer; save the checkpoint with its tokenizer files)")
-    spec = serving_spec(checkpoint, max_length, max_batch_size, queue_delay_us)
+    spec = serving_spec(checkpoint, max_length, max_batch_size, queue_delay_us, max_queue_size=max_queue_size,
+                        queue_timeout_us=round(queue_timeout_ms * 1000))
     version = version or next_version(out)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +298,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                   "model has fewer positions)")
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--queue-delay-us", type=int, default=100, help="dynamic batcher's max queue delay")
+    p.add_argument("--queue-timeout-ms", type=float, default=mcfg.DEFAULT_QUEUE_TIMEOUT_US / 1000,
+                   help="a request still waiting in a composing model's queue after this is refused (HTTP 503 / "
+                        f"gRPC UNAVAILABLE): how the server sheds load. 0 = never (default {mcfg.DEFAULT_QUEUE_TIMEOUT_US // 1000})")
+    p.add_argument("--max-queue-size", type=int, default=mcfg.DEFAULT_MAX_QUEUE_SIZE,
+                   help="requests waiting per composing model at most, a memory backstop far above what the timeout "
+                        "lets build up: a full queue refuses at once but stalls Triton 2.51's batcher "
+                        f"(docs/reliability.md). 0 = unbounded (default {mcfg.DEFAULT_MAX_QUEUE_SIZE})")
     p.add_argument("--threads", type=int, default=0, help="CPU threads per Python model (0 = all cores)")
     p.add_argument("--version", type=int, help="version folder number (default: previous + 1)")
     p.add_argument("--postprocess-model", action="store_true",
@@ -310,7 +320,8 @@ def run(args: argparse.Namespace) -> int:
     build_repository(args.target, args.checkpoint, args.out, args.onnx_dir, args.plan_dir,
                      args.max_length, args.max_batch_size, args.queue_delay_us,
                      args.threads, args.version, chunk_rows=args.sort_chunk_rows,
-                     postprocess_model=args.postprocess_model)
+                     postprocess_model=args.postprocess_model, max_queue_size=args.max_queue_size,
+                     queue_timeout_ms=args.queue_timeout_ms)
     return 0
 
 

@@ -23,7 +23,8 @@ class RepositoryError(UserError, RuntimeError):
 
 
 def serving_spec(checkpoint: Path, max_length: int | None, max_batch_size: int,
-                 queue_delay_us: int) -> ServingSpec:
+                 queue_delay_us: int, **options) -> ServingSpec:
+    """The checkpoint's spec; options: further ServingSpec fields (the queue bounds, ...)."""
     try:
         config = BertConfig.from_json_file(checkpoint / "config.json")
         thresholds = config.label_thresholds
@@ -38,7 +39,8 @@ def serving_spec(checkpoint: Path, max_length: int | None, max_batch_size: int,
                        thresholds=tuple(float(t) for t in thresholds),
                        num_features=config.num_tabular_features, max_batch_size=max_batch_size,
                        max_length=max_length, pad_token_id=config.pad_token_id,
-                       queue_delay_us=queue_delay_us)
+                       queue_delay_us=queue_delay_us, vocab_size=config.vocab_size,
+                       type_vocab_size=config.type_vocab_size, **options)
 
 
 def find_artifact(name: str, dirs: list[Path | None]) -> Path | None:

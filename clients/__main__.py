@@ -1,9 +1,10 @@
-"""python -m clients classify | benchmark | perf | load
+"""python -m clients classify | benchmark | perf | load | overload | capacity
 
     classify    texts (arguments, --file, or '-' for stdin) -> label and probabilities
     benchmark   per-ensemble samples/s, latency, accuracy on the test split -> reports/benchmark.{md,json,png}
     perf        NVIDIA perf_analyzer over a concurrency range -> reports/perf/<model>.csv
     load        bounded headless locust run on the HTTP endpoint -> reports/load/
+    overload    open-loop arrivals at 3x capacity: answered or refused as busy, p99, memory -> reports/overload/
     capacity    replicas for a request rate and p99, from reports/benchmark.json
     request-cost  one text at a time through one ensemble on one or more servers, side by side
 
@@ -19,6 +20,7 @@ COMMANDS = {
     "benchmark": Command("per-backend throughput/latency/accuracy table", "clients.benchmark", run="main"),
     "perf": Command("perf_analyzer over a concurrency range", "clients.perf", run="main"),
     "load": Command("headless locust run against the HTTP endpoint", "clients.load", run="main"),
+    "overload": Command("open-loop load past capacity: the server sheds it", "clients.overload", run="main"),
     "capacity": Command("replicas needed for a request rate and p99 (Kubernetes)", "clients.capacity", run="main"),
     "request-cost": Command("one text at a time through one ensemble on several servers, with Triton's breakdown",
                             "clients.request_cost", run="main"),

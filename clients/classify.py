@@ -12,10 +12,11 @@ import json
 import sys
 
 from clients.client import (DEFAULT_MODEL, PROTOCOLS, Classifier, ClientError, InferenceFailed, Prediction,
-                            ServerUnreachable, UnknownModel, discover_ensembles, is_retryable, normalize_url)
+                            ServerBusy, ServerUnreachable, UnknownModel, discover_ensembles, is_retryable,
+                            normalize_url)
 
 __all__ = [  # the client library, re-exported; then this command's own
-    "DEFAULT_MODEL", "PROTOCOLS", "Classifier", "ClientError", "InferenceFailed", "Prediction", "ServerUnreachable",
+    "DEFAULT_MODEL", "PROTOCOLS", "Classifier", "ClientError", "InferenceFailed", "Prediction", "ServerBusy", "ServerUnreachable",
     "UnknownModel", "discover_ensembles", "is_retryable", "normalize_url",
     "add_arguments", "read_texts", "format_table", "main"]
 
@@ -26,7 +27,9 @@ def add_arguments(p):
     p.add_argument("--url", help="server address (default 127.0.0.1:8000 for http, :8001 for grpc)")
     p.add_argument("--protocol", choices=PROTOCOLS, default="http")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"ensemble name (default {DEFAULT_MODEL})")
-    p.add_argument("--retries", type=int, default=4, help="retries on connection errors (default 4)")
+    p.add_argument("--retries", type=int, default=4,
+                   help="retries on connection errors and refusals of a busy server (default 4)")
+    p.add_argument("--retry-time", type=float, default=60.0, help="seconds of retrying at most, in all (default 60)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     p.add_argument("--admin-key", help="key for the restricted APIs (default $TRITON_ADMIN_KEY or .triton/admin_key)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
@@ -71,7 +74,7 @@ def format_table(texts, predictions, labels) -> str:
 def main(args) -> int:
     texts = read_texts(args)
     with Classifier(args.url, args.protocol, args.model, retries=args.retries, timeout=args.timeout,
-                    admin_key=args.admin_key, verbose=args.verbose) as clf:
+                    admin_key=args.admin_key, verbose=args.verbose, retry_time=args.retry_time) as clf:
         predictions = clf.classify(texts)
         if args.json:
             for t, p in zip(texts, predictions):

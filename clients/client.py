@@ -15,9 +15,11 @@ the server's tokenizer makes of texts. The client reads what it needs from the s
   - the label names, in index order, from the ensemble's `label_filename` through Triton's
     classification extension (asking for the top-k of `probabilities` returns "score:index:label"),
     falling back to a `labels` parameter in the config, then to LABEL_0, LABEL_1, ...
-Connection failures and "unavailable" answers (server starting, a Python stub being restarted) are
-retried with exponential backoff; when the client gives up, the error names the URL, the number
-of attempts and the last error. One Classifier per thread (the HTTP client is not thread-safe).
+Connection failures, "unavailable" answers (server starting, a stub restarting) and a busy server's
+refusals (HTTP 503 / gRPC UNAVAILABLE) are retried by tenacity with exponential backoff and jitter,
+at most `retries` more times and never past `retry_time` seconds; giving up, the error names the
+URL, the attempts and the last error (ServerBusy: the server kept refusing work). One Classifier
+per thread (the HTTP client is not thread-safe).
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from tenacity import (RetryError, Retrying, retry_if_exception, retry_if_result, stop_after_attempt,
+                      stop_before_delay, wait_exponential, wait_random_exponential)
 
-from clients.errors import (ClientError, InferenceFailed, ServerUnreachable, UnknownModel,  # noqa: F401  (re-exported)
-                            error_message, error_status, is_connection_error, is_restricted, is_retryable)
+from clients.errors import (ClientError, InferenceFailed, ServerBusy, ServerUnreachable, UnknownModel,  # noqa: F401
+                            error_message, error_status, is_busy, is_connection_error, is_restricted, is_retryable)
 from contract.names import (COMPOSING_SUFFIX, ENSEMBLE_OUTPUTS, FEATURES, LABEL, LOGITS, PROBABILITIES, TEXT,
                             TEXT_INPUTS, TOKENIZER_MODEL)
 
@@ -84,13 +88,14 @@ class Classifier:
 
     def __init__(self, url: str | None = None, protocol: str = "http", model: str = DEFAULT_MODEL,
                  retries: int = 4, timeout: float = 60.0, backoff: float = 0.5, max_backoff: float = 8.0,
-                 admin_key: str | None = None, verbose: bool = False):
+                 admin_key: str | None = None, verbose: bool = False, retry_time: float = 60.0):
         self.protocol = protocol
         self.host_port, ssl = normalize_url(url, protocol)
         self.url = f"{'https' if ssl else 'http' if protocol == 'http' else 'grpc'}://{self.host_port}"
         self.model = model
         self.retries, self.timeout = max(0, int(retries)), float(timeout)
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)
+        self.retry_time = float(retry_time)
         self.verbose = verbose
         self._admin_key = admin_key
         if protocol == "http":
@@ -104,22 +109,29 @@ class Classifier:
         self._info = None      # filled on first use: see _load()
 
     # -- retries ------------------------------------------------------------------------------------
+    def _retrying(self, what: str, retry) -> Retrying:
+        """At most `retries` more attempts, none starting past `retry_time` s; waits of backoff x 2^n
+        up to max_backoff, each drawn between half and all of that ("equal jitter"): clients refused
+        together come back spread out, and every wait keeps a floor that outlasts a model reload."""
+        half = dict(multiplier=self.backoff / 2, max=self.max_backoff / 2)
+
+        def log(state):
+            error = state.outcome.exception() if state.outcome.failed else "not ready yet"
+            print(f"[{self.url}] {what}: {error_message(error) if isinstance(error, Exception) else error}; "
+                  f"retry {state.attempt_number}/{self.retries} in {state.upcoming_sleep:.1f} s")
+        return Retrying(stop=stop_after_attempt(self.retries + 1) | stop_before_delay(self.retry_time),
+                        wait=wait_exponential(**half) + wait_random_exponential(**half),
+                        retry=retry, before_sleep=log if self.verbose else None, reraise=True)
+
     def _call(self, what: str, fn, *args, **kwargs):
-        """fn(*args, **kwargs) with exponential backoff on connection errors and transient failures."""
-        start, attempts = time.monotonic(), self.retries + 1
-        for attempt in range(1, attempts + 1):
-            try:
-                return fn(*args, **kwargs)
-            except self._tc.InferenceServerException as e:
-                err = e
-            except OSError as e:     # refused, reset, timed out (HTTP client)
-                err = e
-            if not is_retryable(err) or attempt == attempts:
-                break
-            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1))
-            if self.verbose:
-                print(f"[{self.url}] {what}: {error_message(err)}; retry {attempt}/{self.retries} in {delay:.1f} s")
-            time.sleep(delay)
+        """fn(*args, **kwargs), retried on connection errors, refusals and transient failures."""
+        start = time.monotonic()
+        retrying = self._retrying(what, retry_if_exception(is_retryable))
+        try:
+            return retrying(fn, *args, **kwargs)
+        except (self._tc.InferenceServerException, OSError) as e:   # OSError: refused, reset (HTTP client)
+            err = e
+        attempts = retrying.statistics.get("attempt_number", 1)
         spent = time.monotonic() - start
         detail = f"{type(err).__name__}: {error_message(err)}"
         if is_restricted(err):
@@ -127,6 +139,12 @@ class Classifier:
                               "or set TRITON_ADMIN_KEY (`python -m server admin-key` prints it)") from err
         if not is_retryable(err):
             raise self._explain(what, err) from err
+        if is_busy(err):
+            raise ServerBusy(
+                f"{what} on {self.url}: the server is busy and refused the request {attempts} times over "
+                f"{spent:.1f} s (last error: {detail}). It sheds load past its capacity instead of queueing "
+                f"without bound: send fewer requests at once, retry later (--retries, retry_time), or add "
+                f"replicas (docs/reliability.md).") from err
         if is_connection_error(err):
             raise ServerUnreachable(
                 f"Triton server at {self.url} is unreachable: gave up on {what} after {attempts} attempts "
@@ -187,6 +205,14 @@ class Classifier:
         return self._call(f"the metadata of {model!r}", self._client.get_model_metadata, model,
                           **({"as_json": True} if self.protocol == "grpc" else {}))
 
+    def statistics(self, model: str | None = None) -> dict:
+        """Triton's inference statistics of one model (its latest version): counts and times."""
+        model = model or self.model
+        stats = self._call(f"the statistics of {model!r}", self._client.get_inference_statistics, model,
+                           **({"as_json": True} if self.protocol == "grpc" else {}))
+        rows = stats.get("model_stats", [])
+        return max(rows, key=lambda r: int(r.get("version", 0) or 0)) if rows else {}
+
     def _ready(self) -> bool:
         try:
             return bool(self._call("the readiness check", self._client.is_model_ready, self.model))
@@ -203,14 +229,19 @@ class Classifier:
     def _wait_ready(self):
         """Ready: go on. In the repository but (re)loading: wait with backoff. Otherwise fail at once."""
         start = time.monotonic()
-        for attempt in range(self.retries + 1):
-            if self._ready():
-                return
-            entry = self._index_entry()
-            if entry is None or entry.get("state") not in ("LOADING", "UNLOADING") or attempt == self.retries:
-                break
-            time.sleep(min(self.max_backoff, self.backoff * 2 ** attempt))
-        spent = time.monotonic() - start
+
+        def check():   # -> None when ready, else the model's index entry (None inside when absent)
+            return None if self._ready() else (self._index_entry(),)
+
+        def loading(result):
+            return result is not None and (result[0] or {}).get("state") in ("LOADING", "UNLOADING")
+        try:
+            result = self._retrying("the readiness check", retry_if_result(loading))(check)
+        except RetryError as e:    # still loading after every attempt
+            result = e.last_attempt.result()
+        if result is None:
+            return
+        entry, spent = result[0], time.monotonic() - start
         state = f" (state {entry['state']}: {entry.get('reason') or 'no reason given'})" if entry else ""
         waited = f" after {spent:.1f} s" if spent > 1 else ""
         raise UnknownModel(f"model {self.model!r} is not loaded and ready on the server at {self.url}{state}{waited}; "

@@ -7,8 +7,11 @@ batching. They normally share one sequence length (the tokenizer pads each of it
 one length), but a client may call a classifier directly, so each request is padded to the
 longest with attention_mask 0, which the model ignores.
 
-A request that is malformed (inputs of different shapes, a wrong feature count) gets its own
-error response; the others still run.
+A client may also send anything at all to a classifier. Each request is checked before it joins
+the batch (shapes that agree, token ids inside the embedding tables, rows no longer than
+max_length, masks of 0 and 1, the feature count): one bad id would otherwise fail the whole
+merged execution, every other client's request with it. A request that fails a check gets its own
+error response (INVALID_ARG: HTTP 400, gRPC INVALID_ARGUMENT) naming the input; the others run.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,10 +24,22 @@ class BadRequest(ValueError):
     pass
 
 
-def _check(arrays, num_features):
-    shape = arrays["input_ids"].shape
-    if len(shape) != 2:
-        raise BadRequest(f"input_ids must be (batch, tokens), got shape {shape}")
+class InvalidInput(str):
+    """An error message about a request's own inputs (the client's fault, answered as INVALID_ARG);
+    any other message in an errors list is the server's (INTERNAL)."""
+
+
+def _out_of_range(a, low, high):
+    """The first value of `a` outside [low, high), or None."""
+    bad = (a < low) | (a >= high)
+    return a[bad].flat[0] if bad.any() else None
+
+
+def _check(arrays, num_features, limits=None):
+    ids = arrays["input_ids"]
+    shape = ids.shape
+    if len(shape) != 2 or 0 in shape:
+        raise BadRequest(f"input_ids must be (batch, tokens) with at least one of each, got shape {shape}")
     for name in TEXT_INPUTS[1:]:
         if arrays[name].shape != shape:
             raise BadRequest(f"{name} has shape {arrays[name].shape} but input_ids has {shape}")
@@ -33,12 +48,30 @@ def _check(arrays, num_features):
         if f is None or f.shape != (shape[0], num_features):
             raise BadRequest(f"features must be ({shape[0]}, {num_features}), "
                              f"got {None if f is None else f.shape}")
+        if not np.isfinite(f).all():
+            raise BadRequest("features must be finite numbers (found NaN or infinity)")
+    max_length = getattr(limits, "max_length", 0)
+    if max_length and shape[1] > max_length:
+        raise BadRequest(f"input_ids has {shape[1]} tokens per row; this model takes at most {max_length} (max_length)")
+    for name, size_name in (("input_ids", "vocab_size"), ("token_type_ids", "type_vocab_size")):
+        size = getattr(limits, size_name, 0)
+        bad = _out_of_range(arrays[name], 0, size) if size else None
+        if bad is not None:
+            raise BadRequest(f"{name} holds {bad}, outside this model's [0, {size}) ({size_name})")
+    mask = arrays["attention_mask"]
+    bad = _out_of_range(mask, 0, 2)
+    if bad is not None:
+        raise BadRequest(f"attention_mask must be 0 or 1, found {bad}")
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise BadRequest(f"attention_mask row {empty[0]} has no 1: every row needs at least one real token")
 
 
-def gather(requests, read_input, num_features=0, pad_token_id=0):
+def gather(requests, read_input, num_features=0, pad_token_id=0, limits=None):
     """-> (batch dict of arrays or None, rows per request, errors per request (None = fine)).
 
-    read_input(request, name) returns that input as a numpy array (or None when absent).
+    read_input(request, name) returns that input as a numpy array (or None when absent). limits:
+    anything with vocab_size, type_vocab_size and max_length (a ClassifierParams; 0 = unchecked).
     """
     per_request, errors = [], []
     names = TEXT_INPUTS + ((FEATURES,) if num_features else ())
@@ -50,12 +83,12 @@ def gather(requests, read_input, num_features=0, pad_token_id=0):
                 if a is None:
                     raise BadRequest(f"input '{name}' is missing")
                 arrays[name] = a
-            _check(arrays, num_features)
+            _check(arrays, num_features, limits)
             per_request.append(arrays)
             errors.append(None)
         except BadRequest as e:
             per_request.append(None)
-            errors.append(f"request {i} of this batch: {e}")
+            errors.append(InvalidInput(f"request {i} of this batch: {e}"))
 
     good = [a for a in per_request if a is not None]
     rows = [0 if a is None else a["input_ids"].shape[0] for a in per_request]
@@ -181,12 +214,19 @@ def split(outputs, rows, errors):
     return result
 
 
+def error_response(pb_utils, message, client_fault=True):
+    """A response carrying only an error: INVALID_ARG (HTTP 400, gRPC INVALID_ARGUMENT) for what the
+    client sent, INTERNAL (500) for the server's own failures; pb_utils' default would be INTERNAL."""
+    code = pb_utils.TritonError.INVALID_ARG if client_fault else pb_utils.TritonError.INTERNAL
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
 def respond(pb_utils, outputs, rows, errors):
     """InferenceResponses aligned with the requests (pb_utils passed in: importable only in Triton)."""
     responses = []
     for part in split(outputs, rows, errors):
         if isinstance(part, str):
-            responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(part)))
+            responses.append(error_response(pb_utils, part, client_fault=isinstance(part, InvalidInput)))
         else:
             responses.append(pb_utils.InferenceResponse(
                 output_tensors=[pb_utils.Tensor(name, a) for name, a in part.items()]))

@@ -76,6 +76,7 @@ class TokenizerParams(_Parameters):
     pad_to_multiple_of: int = PAD_MULTIPLE
     pad_token_id: int = 0
     max_text_chars: int = 0            # characters kept per text; 0: CHARS_PER_TOKEN x max_length
+    max_request_bytes: int = 0         # a request's texts together, before UTF-8 decoding; 0: no limit
 
     @property
     def text_chars(self) -> int:
@@ -96,6 +97,12 @@ class ClassifierParams(_Parameters):
     postprocess: bool = False          # also return probabilities and label, as PostprocessParams decide
     multi_label: bool = False          # with postprocess: as PostprocessParams
     thresholds: tuple[float, ...] = ()  # with postprocess: as PostprocessParams
+    # what a request may carry (batching.gather checks it; 0 = unchecked): one id outside the
+    # embedding tables or a row longer than the position table would fail every request merged
+    # into the same execution
+    vocab_size: int = 0                # input_ids in [0, vocab_size)
+    type_vocab_size: int = 0           # token_type_ids in [0, type_vocab_size)
+    max_length: int = 0                # tokens per row, at most
 
 
 @dataclasses.dataclass(frozen=True)

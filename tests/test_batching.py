@@ -114,3 +114,47 @@ def test_gather_pads_requests_to_one_length_and_isolates_a_bad_one():
     assert errors[0] is None and errors[2] is None and "request 1" in errors[1] and "token_type_ids" in errors[1]
     parts = split({"logits": np.arange(3)}, rows, errors)
     assert list(parts[0]["logits"]) == [0] and isinstance(parts[1], str) and list(parts[2]["logits"]) == [1, 2]
+
+
+def test_gather_checks_what_each_request_carries_and_names_the_input():
+    """One request per fault, each among good ones: only it fails, as the client's fault, naming the input."""
+    from contract.batching import InvalidInput
+    from contract.params import ClassifierParams
+
+    limits = ClassifierParams(vocab_size=1000, type_vocab_size=2, max_length=16)   # _batch's ids: 1..999
+
+    def fault(**changes):
+        return {**_batch([4], 8), **changes}
+    ids = _batch([4], 8)["input_ids"]
+    faults = {
+        "input_ids holds 1000, outside this model's [0, 1000) (vocab_size)": fault(input_ids=np.where(ids > 0, 1000, 0)),
+        "input_ids holds -1": fault(input_ids=-np.ones_like(ids)),
+        "token_type_ids holds 2, outside this model's [0, 2)": fault(token_type_ids=np.full_like(ids, 2)),
+        "input_ids has 17 tokens per row; this model takes at most 16 (max_length)": _batch([17], 17),
+        "attention_mask must be 0 or 1, found 3": fault(attention_mask=np.full_like(ids, 3)),
+        "attention_mask row 0 has no 1": fault(attention_mask=np.zeros_like(ids)),
+        "attention_mask has shape (1, 7) but input_ids has (1, 8)": fault(attention_mask=np.ones((1, 7), np.int64)),
+        "input_ids must be (batch, tokens) with at least one of each, got shape (1, 0)":
+            {k: np.zeros((1, 0), np.int64) for k in _batch([1], 1)},
+        "input 'token_type_ids' is missing": {k: v for k, v in fault().items() if k != "token_type_ids"},
+    }
+    good = [_batch([3], 4), _batch([6, 2], 8)]
+    batch, rows, errors = gather([good[0], *faults.values(), good[1]], lambda r, n: r.get(n), limits=limits)
+    assert errors[0] is None and errors[-1] is None and batch["input_ids"].shape == (3, 8)
+    for i, (message, err) in enumerate(zip(faults, errors[1:-1]), start=1):
+        assert isinstance(err, InvalidInput) and err.startswith(f"request {i} of this batch: ") and message in err, err
+    # without limits (the benchmark's in-process baseline) ids are not range-checked
+    assert gather([faults["input_ids holds -1"]], lambda r, n: r.get(n))[2] == [None]
+
+
+def test_gather_checks_the_features_of_a_tabular_model():
+    from contract.batching import InvalidInput
+
+    bad = [dict(_batch([3], 4), features=np.array([[1.0, np.nan]], np.float32)),
+           dict(_batch([3], 4), features=np.ones((1, 3), np.float32)),
+           _batch([3], 4)]
+    good = dict(_batch([3], 4), features=np.ones((1, 2), np.float32))
+    batch, rows, errors = gather([*bad, good], lambda r, n: r.get(n), num_features=2)
+    assert rows == [0, 0, 0, 1] and batch["features"].shape == (1, 2) and errors[3] is None
+    assert "finite" in errors[0] and "features must be (1, 2), got (1, 3)" in errors[1] and "features" in errors[2]
+    assert all(isinstance(e, InvalidInput) for e in errors[:3])

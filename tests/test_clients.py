@@ -1,6 +1,7 @@
 """clients/classify.py against a real embedded Triton serving a tiny model, and its failure modes."""
 import io
 import json
+import re
 import time
 
 import numpy as np
@@ -111,6 +112,26 @@ def test_retry_policy():
     assert not is_retryable(E("Request for unknown model: 'x' is not found", status="404"))
     assert not is_retryable(E("This protocol is restricted, expecting header 'k'", status="StatusCode.UNAVAILABLE"))
     assert not is_retryable(E("inference request batch-size must be <= 8", status="400"))
+    # a busy server's refusals (Triton 2.51: HTTP 503 / gRPC UNAVAILABLE) are retried, and are not "unreachable"
+    from clients.errors import is_busy, is_connection_error
+    for busy in (E("in ensemble 'm', Request timeout expired", status="StatusCode.UNAVAILABLE"),
+                 E("[request id: <id_unknown>] Exceeds maximum queue size", status="503")):
+        assert is_retryable(busy) and is_busy(busy) and not is_connection_error(busy)
+    assert not is_busy(E("failed to connect", status="StatusCode.UNAVAILABLE"))
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_retrying_stops_at_its_total_time_bound(protocol):
+    """Many retries allowed, little time: the time bound ends it, with the attempts it made named."""
+    port = free_port()
+    clf = Classifier(f"127.0.0.1:{port}", protocol, retries=100, backoff=0.05, max_backoff=0.2, retry_time=1.0,
+                     timeout=5)
+    start = time.monotonic()
+    with pytest.raises(ServerUnreachable) as e:
+        clf.classify(["hello"])
+    assert time.monotonic() - start < 3
+    attempts = int(re.search(r"after (\d+) attempts", str(e.value)).group(1))
+    assert 3 <= attempts < 101 and f"127.0.0.1:{port}" in str(e.value)
 
 
 def test_normalize_url():

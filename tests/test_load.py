@@ -76,3 +76,23 @@ def test_parse_duration():
     from clients.classify import ClientError
     with pytest.raises(ClientError, match="--duration"):
         parse_duration("soon")
+
+
+@pytest.mark.server
+def test_step_load_reports_each_step(tiny_served, tmp_path):
+    """Two steps of users sending at a fixed rate each: one report row and plot point per step."""
+    out = tmp_path / "steps"
+    proc = run_cli("load", "--url", f"http://{tiny_served.http_url}", "--model", "bert_onnx_fp32",
+                   "--texts", str(tiny_served.texts_csv), "--steps", "2,8", "--step-seconds", "1", "--rate", "10",
+                   "--out", str(out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((out / "summary.json").read_text())
+    steps = doc["steps"]
+    assert [(s["step"], s["users"], s["asked_per_s"]) for s in steps] == [(1, 2, 20.0), (2, 8, 80.0)]
+    assert 0 < steps[0]["sent_per_s"] < steps[1]["sent_per_s"] <= 1.2 * 80     # the rate each user keeps to
+    for s in steps:
+        assert s["answered_per_s"] > 0 and s["refused_per_s"] == 0 and s["failed"] == 0
+        assert 0 < s["p50_ms"] <= s["p99_ms"]
+    md = (out / "summary.md").read_text()
+    assert "| step | users | asked/s | offered (sent)/s | answered/s | refused/s |" in md and "steps.png" in md
+    assert (out / "steps.png").stat().st_size > 10_000

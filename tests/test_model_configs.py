@@ -32,6 +32,10 @@ def test_every_config_round_trips_and_batches(spec, tmp_path):
         else:
             assert parsed.HasField("dynamic_batching")
             assert parsed.dynamic_batching.max_queue_delay_microseconds == spec.queue_delay_us
+            policy = parsed.dynamic_batching.default_queue_policy      # every composing model sheds load
+            assert policy.max_queue_size == spec.max_queue_size == mcfg.DEFAULT_MAX_QUEUE_SIZE
+            assert policy.default_timeout_microseconds == spec.queue_timeout_us == 1_000_000
+            assert policy.timeout_action == mc.ModelQueuePolicy.REJECT and policy.allow_timeout_override
             assert len(parsed.instance_group) == 1 and parsed.model_warmup
 
 
@@ -101,3 +105,28 @@ def test_spec_and_parse_errors_are_clear():
         ServingSpec(labels=("a", "b", "c"), thresholds=(0.5, 0.5))
     with pytest.raises(ValueError, match="bad.pbtxt: not a valid Triton ModelConfig"):
         mcfg.parse_config('name: "x"\nmax_batch_sise: 8\n', "bad.pbtxt")
+
+
+def test_queue_bounds_are_settable_and_checked():
+    spec = ServingSpec(labels=("a", "b"), max_batch_size=16, max_queue_size=16, queue_timeout_us=250_000)
+    policy = mcfg.classifier_config(spec, "m", "python_onnxruntime").dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (16, 250_000)
+    unbounded = ServingSpec(labels=("a", "b"), max_queue_size=0, queue_timeout_us=0)
+    policy = mcfg.tokenizer_config(unbounded).dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (0, 0)
+    with pytest.raises(ValueError, match="max_queue_size 8 must be 0 .unbounded. or at least max_batch_size 64"):
+        ServingSpec(labels=("a",), max_queue_size=8)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        ServingSpec(labels=("a",), queue_timeout_us=-1)
+
+
+def test_served_models_get_what_their_input_checks_need():
+    spec = ServingSpec(labels=("a", "b"), max_length=32, vocab_size=2048, type_vocab_size=2)
+    params = mcfg.classifier_config(spec, "m", "python_onnxruntime").parameters
+    assert {k: params[k].string_value for k in ("vocab_size", "type_vocab_size", "max_length")} == \
+        {"vocab_size": "2048", "type_vocab_size": "2", "max_length": "32"}
+    tok = mcfg.tokenizer_config(spec).parameters
+    # a full request of texts kept whole (64 x 64 characters per token x 32 tokens, 4 UTF-8 bytes each)
+    assert tok["max_request_bytes"].string_value == str(64 * 64 * 32 * 4)
+    assert mcfg.tokenizer_config(ServingSpec(labels=("a",), max_request_bytes=1000)).parameters[
+        "max_request_bytes"].string_value == "1000"

@@ -44,6 +44,7 @@ class TritonPythonModel:
         if names != expected:
             raise pb_utils.TritonModelException(f"{path}: graph inputs {names}, expected {expected}")
         self.pad_token_id = params.pad_token_id
+        self.limits = params   # vocab_size, type_vocab_size, max_length: what batching.gather lets in
         pb_utils.Logger.log_info(f"{args['model_name']}: ONNX Runtime {ort.__version__} on {path.name}, "
                                  f"length-sorted chunks of {self.chunk_rows or 'all'} rows, "
                                  f"{self.workers} at once x {intra_op} intra-op thread(s)")
@@ -56,7 +57,7 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             return None if t is None else t.as_numpy()
 
-        batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
+        batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id, self.limits)
         outputs, chunks, names = {}, [], []
         if batch is not None:
             try:

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the contract/ copy beside this file
+from contract.batching import error_response  # noqa: E402
 from contract.metrics import POSTPROCESS, ModelMetrics  # noqa: E402
 from contract.names import LABEL, LABEL_FILE, LOGITS, PROBABILITIES, RAW_LOGITS  # noqa: E402
 from contract.params import PostprocessParams  # noqa: E402
@@ -38,8 +39,7 @@ class TritonPythonModel:
             try:
                 logits, probabilities, names = self.post(raw)
             except PostprocessError as e:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
-                    f"postprocess: request {i}: {RAW_LOGITS} {e}")))
+                responses.append(error_response(pb_utils, f"postprocess: request {i}: {RAW_LOGITS} {e}"))
                 continue
             self.metrics.predicted(names)
             labels = np.array([[n.encode()] for n in names], dtype=np.object_).reshape(-1, 1)

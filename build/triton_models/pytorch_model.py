@@ -54,6 +54,7 @@ class TritonPythonModel:
         self.model.bert.packed = True   # dense layers on real tokens only (training/model.py Packing)
         self.num_features = self.model.config.num_tabular_features
         self.pad_token_id = params.pad_token_id
+        self.limits = params   # vocab_size, type_vocab_size, max_length: what batching.gather lets in
         pb_utils.Logger.log_info(f"{args['model_name']}: torch {torch.__version__}, "
                                  f"{self.model.num_parameters():,} parameters, length-sorted chunks of "
                                  f"{self.chunk_rows or 'all'} rows, {self.workers} at once x {intra_op} thread(s)")
@@ -66,7 +67,7 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             return None if t is None else t.as_numpy()
 
-        batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id)
+        batch, rows, errors = batching.gather(requests, read, self.num_features, self.pad_token_id, self.limits)
         outputs, chunks, names = {}, [], []
         if batch is not None:
             try:
