@@ -17,6 +17,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 NGC_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
 DOCKERFILES = sorted((ROOT / "docker").glob("*.Dockerfile"))
+# every Dockerfile of the repository, for what reaches its build context (deploy/ has two more)
+ALL_DOCKERFILES = DOCKERFILES + sorted((ROOT / "deploy").rglob("*Dockerfile"))
 # what NVIDIA's images provide that our steps import (not installed by us)
 PROVIDED = {"builder.Dockerfile": {"tensorrt"}, "torchscript.Dockerfile": {"torch"}}
 
@@ -172,8 +174,11 @@ def in_context(path: str, rules: list[str]) -> bool:
     return keep
 
 
-def dockerignore() -> list[str]:
-    lines = (ROOT / ".dockerignore").read_text().splitlines()
+def dockerignore(dockerfile: Path | None = None) -> list[str]:
+    """The rules Docker (BuildKit) applies to a build from the repository root with `dockerfile`:
+    `<dockerfile>.dockerignore` beside it where there is one, else the root .dockerignore."""
+    own = dockerfile.with_name(dockerfile.name + ".dockerignore") if dockerfile else None
+    lines = (own if own and own.is_file() else ROOT / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -196,9 +201,12 @@ def test_every_copied_file_is_in_the_context_and_none_is_the_key():
                    or any(r.startswith(str(rel / d) + "/") or r == str(rel / d) for r in reincluded)]
         sent += [str(rel / f) for f in files if in_context(str(rel / f), rules)]
     assert sent and all(s.startswith("docker/") or s == "server/probe.py" for s in sent), sent
-    for dockerfile in DOCKERFILES:
+    for dockerfile in ALL_DOCKERFILES:
+        own = dockerignore(dockerfile)
+        for secret in (".venv/bin/python", ".triton/admin_key", "artifacts/demo/checkpoint/model.safetensors"):
+            assert not in_context(secret, own), f"{dockerfile.name}'s context holds {secret}"
         for copy in instructions(dockerfile, "COPY") + instructions(dockerfile, "ADD"):
             *sources, _ = [w for w in copy.split() if not w.startswith("--")]
             for source in sources:
-                assert in_context(source, rules), f"{dockerfile.name}: {source} is not in the build context"
+                assert in_context(source, own), f"{dockerfile.name}: {source} is not in the build context"
                 assert ".triton" not in source and "admin_key" not in source
