@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -213,8 +214,11 @@ def test_an_interrupted_two_process_run_resumes_to_the_same_weights(assets, two_
     # SIGTERM to rank 1 alone at the 12th optimizer step of 24 (inside epoch 2): every rank stops there
     job = torchrun(2, {"argv": argv, "sigterm_at_step": 12, "sigterm_rank": 1})
     assert job.returncode != 0 and "rerun with --resume" in job.stderr
-    # both workers stopped with the interruption's status (torchrun then reports its own traceback)
-    assert job.stderr.count("exitcode  : 130") == 2 and f'File "{ROOT / "training"}' not in job.stderr
+    # the workers stopped with the interruption's status (torchrun then reports its own traceback);
+    # a worker still exiting when torchrun saw the first one end may be reported as its SIGTERM (-15)
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", job.stderr)
+    assert "130" in codes and set(codes) <= {"130", "-15"}, codes
+    assert f'File "{ROOT / "training"}' not in job.stderr
     state = torch.load(out / trainer.STATE_FILE, map_location="cpu", weights_only=True)
     assert (state["progress"]["epoch"], state["progress"]["step"]) == (1, 4)  # 8 steps an epoch
     assert len(state["rng"]) == 2 and state["fingerprint"]["global_batch"] == 16
