@@ -76,8 +76,12 @@ def logits_of(model: torch.nn.Module, examples: Examples, encoder: Encoder, batc
 
 
 def insert_and_calibrate(model: torch.nn.Module, calib: Examples, encoder: Encoder,
-                         method: str = "max", percentile: float = 99.99, batch_size: int = 32) -> torch.nn.Module:
-    """Insert modelopt quantizers into `model` (in place) and set their ranges from `calib`."""
+                         method: str = "max", percentile: float = 99.99, batch_size: int = 32,
+                         entropy_stride: int = 1) -> torch.nn.Module:
+    """Insert modelopt quantizers into `model` (in place) and set their ranges from `calib`.
+
+    entropy_stride: the entropy method tries every `stride`-th of the histogram's 2048 bins as the
+    clipping point (modelopt's default 1: most exact, and the slowest part of calibrating)."""
     from modelopt.torch.quantization.calib import HistogramCalibrator
     from modelopt.torch.quantization.model_calib import enable_stats_collection
     from modelopt.torch.quantization.nn import TensorQuantizer
@@ -101,7 +105,8 @@ def insert_and_calibrate(model: torch.nn.Module, calib: Examples, encoder: Encod
         if not isinstance(q, TensorQuantizer) or not q.is_enabled or q._calibrator is None:
             continue
         if isinstance(q._calibrator, HistogramCalibrator):
-            kwargs = {"percentile": percentile} if method == "percentile" else {}
+            kwargs = {"percentile": percentile} if method == "percentile" else \
+                {"stride": entropy_stride} if method == "entropy" else {}
             q.load_calib_amax(method, **kwargs)
         else:
             q.load_calib_amax()
