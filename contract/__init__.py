@@ -13,6 +13,7 @@ imported inside the functions that need them.
     encoder.py       TextEncoder: the one tokenization with the serving padding rules
     postprocess.py   Postprocess: softmax / sigmoid, per-label thresholds, label names
     batching.py      requests -> one batch -> responses; length-sorted chunks
+    served_classifier.py  the frame of every Python-backend classifier (params, batch, post-process, metrics)
     onnx_session.py  the ONNX Runtime session settings of a served ONNX model
     cpu.py           this CPU: name, cores, instruction sets (AVX2, AVX-512, VNNI, AMX), INT8 kernel
     bert_config.py   BertConfig: a checkpoint's config.json (labels, thresholds, sizes, FLOPs/token)
