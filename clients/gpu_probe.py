@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from clients.classify import Classifier, ClientError
+from contract.cli import run_guarded
 from contract.files import atomic_write_json
 
 IMAGE_PREFIXES = ("bert-triton/", "nvcr.io/nvidia/")
@@ -129,25 +130,29 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=900.0, help="wait: seconds until the models settle")
     p.add_argument("--texts", nargs="*", default=["what a wonderful morning, the sun is out"])
     args = p.parse_args(argv)
-    try:
-        if args.step == "wait":
-            doc = wait_for_models(args.url, args.timeout)
-            atomic_write_json(args.out / "models.json", doc)
-            if not doc["ready_ensembles"]:
-                print(f"error: no bert_* ensemble is READY on {args.url}; failed: " +
-                      "; ".join(f"{f['name']}: {f['reason']}" for f in doc["failed"]), file=sys.stderr)
-                return 2
-            print(f"READY: {', '.join(doc['ready_ensembles'])}" +
-                  (f"; failed to load: {', '.join(f['name'] for f in doc['failed'])}" if doc["failed"] else ""))
-        else:
-            environment, classified = probe(args.url, args.texts)
-            atomic_write_json(args.out / "environment.json", environment)
-            atomic_write_json(args.out / "classify.json", classified)
-            print(f"wrote {args.out / 'environment.json'}, {args.out / 'classify.json'}")
-    except ClientError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_guarded(lambda: STEPS[args.step](args))
+
+
+def wait_step(args) -> int:
+    doc = wait_for_models(args.url, args.timeout)
+    atomic_write_json(args.out / "models.json", doc)
+    if not doc["ready_ensembles"]:
+        raise ClientError(f"no bert_* ensemble is READY on {args.url}; failed: " +
+                          "; ".join(f"{f['name']}: {f['reason']}" for f in doc["failed"]))
+    print(f"READY: {', '.join(doc['ready_ensembles'])}" +
+          (f"; failed to load: {', '.join(f['name'] for f in doc['failed'])}" if doc["failed"] else ""))
     return 0
+
+
+def probe_step(args) -> int:
+    environment, classified = probe(args.url, args.texts)
+    atomic_write_json(args.out / "environment.json", environment)
+    atomic_write_json(args.out / "classify.json", classified)
+    print(f"wrote {args.out / 'environment.json'}, {args.out / 'classify.json'}")
+    return 0
+
+
+STEPS = {"wait": wait_step, "probe": probe_step}
 
 
 if __name__ == "__main__":

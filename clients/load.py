@@ -227,15 +227,12 @@ def add_arguments(p):
     p.add_argument("--step-seconds", type=float, default=10.0, help="seconds per step (default 10)")
     p.add_argument("--rate", type=float, help="requests/s per user at most (locust's constant_throughput; "
                    "default: back to back, or --wait)")
-    p.add_argument("--limit", type=int, default=1000, help="texts to draw from (default 1000)")
     p.add_argument("--retries", type=int, default=4)
     p.add_argument("--admin-key", help="key for listing models in errors (default $TRITON_ADMIN_KEY)")
-    p.add_argument("--out", default="reports/load", help="output folder (default reports/load)")
-    add_text_arguments(p)
+    add_text_arguments(p, limit=1000, limit_help="texts to draw from", out="reports/load")
 
 
 def main(args) -> int:
-    Path(args.out).mkdir(parents=True, exist_ok=True)
     doc = load(args)
     print(render(doc))
     print(f"wrote {args.out}/summary.md, summary.json, {args.model}_stats.csv")

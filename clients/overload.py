@@ -33,6 +33,7 @@ from clients.load import server_memory, server_processes
 from clients.machine import cpu_info
 from clients.openloop import (BUSY, DEADLINE, ERROR, OK, WRONG, LoopResult, Sender, closed_loop, open_loop,
                              quiet_answers)
+from clients.overload_report import plot, render
 from clients.texts import add_text_arguments, texts_from_args
 from contract.files import atomic_write_json, atomic_write_text
 
@@ -232,7 +233,6 @@ def overload(args, log=print) -> dict:
                bound_ms=1000 * latency_bound(bounds, doc["capacity"]["rate"]))
     doc["checks"] = [{"check": what, "held": held} for what, held in checks(doc)]
     out = Path(args.out)
-    from clients.overload_report import plot, render
     plot(doc, out / "overload.png")
     atomic_write_json(out / "summary.json", doc, indent=1)
     atomic_write_text(out / "summary.md", render(doc))
@@ -255,16 +255,12 @@ def add_arguments(p):
     p.add_argument("--after-seconds", type=float, default=2.0, help="the closed loop right after (default 2)")
     p.add_argument("--deadline", type=float, default=10.0, help="seconds a request may take at most (default 10)")
     p.add_argument("--bin-seconds", type=float, default=0.5, help="timeline bins (default 0.5)")
-    p.add_argument("--limit", type=int, default=256, help="distinct texts to send (default 256)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="reports/overload", help="output folder (default reports/overload)")
-    add_text_arguments(p)
+    add_text_arguments(p, limit=256, limit_help="distinct texts to send", out="reports/overload")
 
 
 def main(args) -> int:
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    doc = overload(args)
-    from clients.overload_report import render
+    doc = overload(args)             # writes its report under --out
     print(render(doc))
     print(f"wrote {args.out}/summary.md, summary.json, overload.png")
     failed = [c["check"] for c in doc["checks"] if not c["held"]]

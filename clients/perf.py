@@ -184,11 +184,9 @@ def add_arguments(p):
     p.add_argument("--max-trials", type=int, default=6, help="windows before giving up on stability (default 6)")
     p.add_argument("--stability", type=int, default=25, help="stability percentage -s (default 25)")
     p.add_argument("--level-timeout", type=float, default=120.0, help="seconds per perf_analyzer call")
-    p.add_argument("--limit", type=int, default=512, help="texts in the input data (default 512)")
     p.add_argument("--retries", type=int, default=4)
     p.add_argument("--admin-key", help="key for the repository index (default $TRITON_ADMIN_KEY or .triton/admin_key)")
-    p.add_argument("--out", default="reports/perf", help="output folder (default reports/perf)")
-    add_text_arguments(p)
+    add_text_arguments(p, limit=512, limit_help="texts in the input data", out="reports/perf")
 
 
 def main(args) -> int:

@@ -102,8 +102,15 @@ def held_out_texts(run=None, split_path=None, texts_file=None, text_column="text
     raise ClientError("no texts: pass --run DIR (its split.json), --split PATH, or --texts FILE")
 
 
-def add_text_arguments(p, run_default="artifacts/demo"):
+def add_text_arguments(p, run_default="artifacts/demo", limit: int | None = None, limit_help: str = "texts to use",
+                       out: str | None = None):
+    """The texts a command sends (--run/--split/--texts ...), with --limit (a default: `limit`) and,
+    where the command writes a report, --out (default `out`)."""
+    if out is not None:
+        p.add_argument("--out", default=out, help=f"output folder (default {out})")
     g = p.add_argument_group("texts (real held-out texts; default: the test split of --run)")
+    if limit is not None:
+        g.add_argument("--limit", type=int, default=limit, help=f"{limit_help} (default {limit})")
     g.add_argument("--run", default=run_default, help=f"training run folder holding split.json (default {run_default})")
     g.add_argument("--split", help="a split.json file (overrides --run)")
     g.add_argument("--texts", help="a CSV (or .txt, one text per line) to use instead of the saved split")

@@ -296,7 +296,7 @@ def building_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.building-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -311,5 +311,5 @@ def remove_stale_temps(out: Path) -> None:
     out = Path(out)
     for d in out.parent.glob(f".{out.name}.building-*"):
         pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(d, ignore_errors=True)

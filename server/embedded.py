@@ -240,7 +240,7 @@ def _busy_ports(settings):
     return [(name, port) for name, port in _ports(settings) if port_in_use(settings.host, port)]
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
     """Alive and not a zombie (a zombie is dead; its parent has just not reaped it yet)."""
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -248,9 +248,10 @@ def _pid_alive(pid):
         return False
 
 
-def _is_tritonserver(pid):
+def runs(pid, program: str) -> bool:
+    """Process `pid` is alive (not a zombie) and its command line names `program`."""
     try:
-        return any("tritonserver" in part for part in psutil.Process(pid).cmdline())
+        return pid_alive(pid) and any(program in part for part in psutil.Process(pid).cmdline())
     except psutil.Error:
         return False
 
@@ -403,7 +404,7 @@ class TritonServer:
     def running(self):
         if self._proc is not None:
             return self._proc.poll() is None
-        return self.pid is not None and _pid_alive(self.pid)
+        return self.pid is not None and pid_alive(self.pid)
 
     def ready(self):
         """/v2/health/ready answers 200 and the gRPC and metrics ports listen too: Triton opens them
@@ -432,7 +433,7 @@ class TritonServer:
         if self.pid is None:
             return False
         grace = self.settings.exit_timeout_secs + 15 if grace is None else grace
-        if self.running() and (self._proc is not None or _is_tritonserver(self.pid)):
+        if self.running() and (self._proc is not None or runs(self.pid, "tritonserver")):
             os.kill(self.pid, signal.SIGTERM)
             if not self._wait_exit(grace):
                 try:
@@ -460,7 +461,7 @@ class TritonServer:
                     return True
                 except subprocess.TimeoutExpired:
                     continue
-            if not _pid_alive(self.pid):
+            if not pid_alive(self.pid):
                 return True
             time.sleep(0.1)
         return False
@@ -494,16 +495,22 @@ def _die_with(parent_pid):
     return arm
 
 
-def read_pidfile(state_dir=None, check_alive=True):
-    """Contents of <state_dir>/server.pid; with check_alive, None (and the file removed) if stale."""
-    path = Path(state_dir or DEFAULT_STATE_DIR) / "server.pid"
+def read_pidfile_at(path: Path, program: str | None = None):
+    """A JSON pidfile's contents, None if there is none; with `program`, also None (and the file
+    removed) unless its process still runs that program, so a crashed one never blocks a start."""
     try:
-        info = json.loads(path.read_text())
+        info = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return None
     except ValueError:
-        raise ServerError(f"{path} is not a valid pidfile; delete it if no server is running") from None
-    if check_alive and not (_pid_alive(info["pid"]) and _is_tritonserver(info["pid"])):
-        path.unlink(missing_ok=True)
+        raise ServerError(f"{path} is not a valid pidfile; delete it if no {program or 'process'} "
+                          "is running") from None
+    if program and not runs(info["pid"], program):
+        Path(path).unlink(missing_ok=True)
         return None
     return info
+
+
+def read_pidfile(state_dir=None, check_alive=True):
+    """Contents of <state_dir>/server.pid; with check_alive, None (and the file removed) if stale."""
+    return read_pidfile_at(Path(state_dir or DEFAULT_STATE_DIR) / "server.pid", "tritonserver" if check_alive else None)

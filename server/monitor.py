@@ -31,7 +31,7 @@ import yaml
 
 from contract.files import atomic_write_json, atomic_write_text
 from server import install
-from server.embedded import ServerError, _pid_alive, log_tail, port_in_use
+from server.embedded import ServerError, pid_alive, log_tail, port_in_use, read_pidfile_at
 
 MONITORING = install.REPO_ROOT / "deploy" / "monitoring"
 CONFIG = MONITORING / "prometheus.yml"
@@ -86,19 +86,8 @@ class Prometheus:
     @classmethod
     def from_pidfile(cls, state_dir: str | Path):
         """The Prometheus recorded under state_dir if it still runs, else None (stale file removed)."""
-        path = Path(state_dir) / "prometheus" / "prometheus.pid"
-        try:
-            info = json.loads(path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            raise ServerError(f"{path} is not a valid pidfile; delete it if no Prometheus runs") from None
-        try:
-            cmdline = Path(f"/proc/{info['pid']}/cmdline").read_bytes()
-        except OSError:
-            cmdline = b""
-        if not (_pid_alive(info["pid"]) and b"prometheus" in cmdline):
-            path.unlink(missing_ok=True)
+        info = read_pidfile_at(Path(state_dir) / "prometheus" / "prometheus.pid", "prometheus")
+        if info is None:
             return None
         found = cls(state_dir, info["port"], info["host"])
         found.pid = info["pid"]
@@ -131,7 +120,7 @@ class Prometheus:
     def running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self.pid is not None and _pid_alive(self.pid)
+        return self.pid is not None and pid_alive(self.pid)
 
     def wait_ready(self, timeout: float = 30.0) -> "Prometheus":
         deadline = time.monotonic() + timeout

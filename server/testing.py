@@ -100,23 +100,26 @@ class TritonPythonModel:
         return responses
 '''
 
-def _upper_config():
+def _config(name: str, inputs: dict, outputs: dict, **fields):
+    """A ModelConfig with batch size 8 and the given {tensor name: data type name} inputs and outputs."""
     mc = pbtxt.messages()
-    c = mc.ModelConfig(name="upper", backend="python", max_batch_size=8)
-    c.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
-    c.output.add(name="upper", data_type=mc.TYPE_STRING, dims=[1])
-    c.output.add(name="requests_in_execute", data_type=mc.TYPE_INT32, dims=[1])
-    c.output.add(name="numpy_version", data_type=mc.TYPE_STRING, dims=[1])
+    c = mc.ModelConfig(name=name, max_batch_size=8, **fields)
+    for add, tensors in ((c.input.add, inputs), (c.output.add, outputs)):
+        for tensor, data_type in tensors.items():
+            add(name=tensor, data_type=getattr(mc, f"TYPE_{data_type}"), dims=[1])
+    return c, mc
+
+
+def _upper_config():
+    c, mc = _config("upper", {"text": "STRING"},
+                    {"upper": "STRING", "requests_in_execute": "INT32", "numpy_version": "STRING"}, backend="python")
     c.dynamic_batching.max_queue_delay_microseconds = 2000
     c.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=1)
     return c
 
 
 def _ensemble_config():
-    mc = pbtxt.messages()
-    c = mc.ModelConfig(name="upper_ensemble", platform="ensemble", max_batch_size=8)
-    c.input.add(name="text", data_type=mc.TYPE_STRING, dims=[1])
-    c.output.add(name="result", data_type=mc.TYPE_STRING, dims=[1])
+    c, _ = _config("upper_ensemble", {"text": "STRING"}, {"result": "STRING"}, platform="ensemble")
     step = c.ensemble_scheduling.step.add(model_name="upper", model_version=-1)
     step.input_map["text"] = "text"
     step.output_map["upper"] = "result"

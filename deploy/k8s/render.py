@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from contract.cli import run_guarded
 from contract.errors import UserError
 
 SUPPORTED = {"apiVersion", "kind", "resources", "images", "patches"}
@@ -138,12 +139,7 @@ def main(argv=None) -> int:
     if len(argv) != 1:
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    try:
-        print(yaml.safe_dump_all(render(argv[0]), sort_keys=False), end="")
-    except KustomizeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_guarded(lambda: print(yaml.safe_dump_all(render(argv[0]), sort_keys=False), end=""))
 
 
 if __name__ == "__main__":
