@@ -171,7 +171,7 @@ def quantize(checkpoint: str | Path, train: Examples, val: Examples, out_dir: st
 
 def load_quantized(quant_dir: str | Path) -> torch.nn.Module:
     """The quantized model saved by `quantize` (eval mode), ready for ONNX export."""
-    from training.config import BertConfig
+    from contract.bert_config import BertConfig
     from training.model import BertForSequenceClassification
 
     mto, _ = mtq_modules()

@@ -42,6 +42,28 @@ def test_clients_import_no_torch_training_or_build():
     assert not {f: n for f, n in bad.items() if n}
 
 
+def test_build_imports_training_only_where_its_docstring_says():
+    """build/__init__.py lists each build module that needs training/ and the training modules it
+    takes; an import of training/ anywhere else in build/ (or of another training module) fails."""
+    import re
+
+    import build
+
+    entries = {e.split()[0]: e for e in re.split(r"\n    (?=\S)", build.__doc__)[1:]}
+    for path in sorted((ROOT / "build").glob("*.py")):
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "training":
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules |= {a.name for a in node.names if a.name.split(".")[0] == "training"}
+        if not modules:
+            continue
+        assert path.name in entries, f"build/{path.name} imports {sorted(modules)}; build/__init__.py omits it"
+        for module in modules:
+            assert module in entries[path.name], f"build/{path.name} imports {module}, not listed beside it"
+
+
 BLOCKER = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
