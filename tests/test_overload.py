@@ -63,8 +63,9 @@ def slow_served(tmp_path_factory):
     from training.model import BertForSequenceClassification
 
     tmp = tmp_path_factory.mktemp("overload")
-    config = BertConfig(vocab_size=2048, hidden_size=256, num_hidden_layers=6, num_attention_heads=4,
-                        intermediate_size=1024, max_position_embeddings=128, id2label={0: "negative", 1: "positive"},
+    # slow enough that the open loop, which shares the 2 cores, can offer 3x its capacity
+    config = BertConfig(vocab_size=2048, hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
+                        intermediate_size=1536, max_position_embeddings=128, id2label={0: "negative", 1: "positive"},
                         problem_type="single_label_classification")
     torch.manual_seed(0)
     BertForSequenceClassification(config).eval().save_pretrained(
