@@ -1,4 +1,4 @@
-"""python -m clients classify | benchmark | perf | load | overload | capacity
+"""python -m clients classify | benchmark | perf | load | overload | capacity | request-cost | op-profile
 
     classify    texts (arguments, --file, or '-' for stdin) -> label and probabilities
     benchmark   per-ensemble samples/s, latency, accuracy on the test split -> reports/benchmark.{md,json,png}
@@ -7,6 +7,7 @@
     overload    open-loop arrivals at 3x capacity: answered or refused as busy, p99, memory -> reports/overload/
     capacity    replicas for a request rate and p99, from reports/benchmark.json
     request-cost  one text at a time through one ensemble on one or more servers, side by side
+    op-profile  where a served ONNX graph's time goes, by operator type (in-process, ONNX Runtime's profiler)
 
 The clients need no torch and none of the training/ or build/ modules: requirements-client.txt installs
 what they need.
@@ -24,6 +25,7 @@ COMMANDS = {
     "capacity": Command("replicas needed for a request rate and p99 (Kubernetes)", "clients.capacity", run="main"),
     "request-cost": Command("one text at a time through one ensemble on several servers, with Triton's breakdown",
                             "clients.request_cost", run="main"),
+    "op-profile": Command("where a served ONNX graph's time goes, by operator type", "clients.op_profile", run="main"),
 }
 
 

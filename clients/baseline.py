@@ -90,9 +90,10 @@ def find_in_repository(repo: str | Path, ensemble: str = BASELINE_ENSEMBLE) -> S
 class InProcessOnnx:
     """Texts -> (logits, probabilities, labels) as the served ensemble computes them, in this process."""
 
-    def __init__(self, served: ServedFiles, labels: list[str] | None = None, chunk_rows: int | None = None):
+    def __init__(self, served: ServedFiles, labels: list[str] | None = None, chunk_rows: int | None = None,
+                 profile_prefix: str | None = None):
         """labels: when the repository has no labels.txt for the post-process; chunk_rows: other
-        chunks than the served classifier's."""
+        chunks than the served classifier's; profile_prefix: record ONNX Runtime's operator profile."""
         from contract.onnx_session import open_session
 
         self.encoder = TextEncoder.from_params(served.tokenizer_json, served.tokenizer)
@@ -100,12 +101,14 @@ class InProcessOnnx:
         self.chunk_rows = served.classifier.sort_chunk_rows if chunk_rows is None else chunk_rows
         threads = served.classifier.threads or os.cpu_count() or 1
         self.workers, intra_op = batching.plan_threads(threads, self.chunk_rows)
-        self.session = open_session(served.onnx, intra_op, served.classifier.allow_spinning)
+        self.session = open_session(served.onnx, intra_op, served.classifier.allow_spinning, profile_prefix)
         self.inputs = {i.name for i in self.session.get_inputs()}
         self.onnx_path, self.max_length = served.onnx, served.tokenizer.max_length
 
-    def infer(self, texts):
+    def logits(self, texts):
         feed = {k: v for k, v in self.encoder(texts).items() if k in self.inputs}
-        logits = batching.run_sorted_chunks(lambda b: self.session.run([LOGITS], b)[0], feed, self.chunk_rows,
-                                            self.workers)
-        return self.post(logits)
+        return batching.run_sorted_chunks(lambda b: self.session.run([LOGITS], b)[0], feed, self.chunk_rows,
+                                          self.workers)
+
+    def infer(self, texts):
+        return self.post(self.logits(texts))
