@@ -1,5 +1,5 @@
-"""A client for the BERT ensembles served by Triton, over HTTP or gRPC (`python -m clients classify`
-is its command line: clients/classify.py).
+"""A client for the BERT ensembles served by Triton, over HTTP or gRPC (its command line:
+`python -m clients classify`, clients/classify.py).
 
     from clients.client import Classifier
     clf = Classifier("127.0.0.1:8000", protocol="http", model="bert_onnx_fp32")
@@ -19,8 +19,7 @@ Connection failures, "unavailable" answers (server starting, a stub restarting) 
 refusals (HTTP 503 / gRPC UNAVAILABLE) are retried by tenacity with exponential backoff and jitter,
 at most `retries` more times and never past `retry_time` seconds; giving up, the error names the
 URL, the attempts and the last error (ServerBusy: the server kept refusing work). One Classifier
-per thread (the HTTP client is not thread-safe).
-"""
+per thread (the HTTP client is not thread-safe)."""
 from __future__ import annotations
 
 import json

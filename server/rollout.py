@@ -26,10 +26,9 @@ can only call its own build's versions. A swap from P to N keeps that true at ev
                requests are done.
 Triton keeps one set of model-folder files per model (config, labels, warmup): P's reload uses
 N's, and where they differ (a parameter, say) the plan says so; vocabularies, weights and code
-live in the version folders and stay each build's own. An ensemble
-whose inputs, outputs or labels change is refused (clients would see the contract change
-mid-stream): deploy it under a new name, or restart. Models gone from the repository are
-unloaded at the end, ensembles first.
+live in the version folders and stay each build's own. An ensemble whose inputs, outputs or
+labels change is refused (clients would see the contract change mid-stream): deploy it under a
+new name, or restart. Models gone from the repository are unloaded at the end, ensembles first.
 
 A load that fails part-way (a new model that does not load) rolls back by itself: the repository
 returns to the previous build, the server is rolled out to it, and the command fails saying so.
@@ -37,9 +36,8 @@ returns to the previous build, the server is rolled out to it, and the command f
 atomic swap), and the server is rolled out to them. It rolls back one build: the build it leaves
 stays on disk, unserved, until the next build replaces it.
 
-Everything here rewrites files of the repository and uses the restricted repository API, so it
-needs a writable repository and the admin key (server/admin.py).
-"""
+It rewrites repository files and calls the restricted repository API: it needs a writable
+repository and the admin key (server/admin.py)."""
 from __future__ import annotations
 
 import argparse
